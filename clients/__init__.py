@@ -1,0 +1,1 @@
+"""fedforget's Flower ClientApp."""

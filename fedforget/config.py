@@ -1,0 +1,250 @@
+"""The run configuration: one typed, validated record shared by server and clients.
+
+Keys are Flower run-config keys (hyphenated), exactly as they appear in
+``[tool.flwr.app.config]`` of ``pyproject.toml`` and in ``--run-config``. The
+dataclass defaults are the source of truth; a test keeps ``pyproject.toml``
+identical to them (``flwr.simulation.run_simulation`` passes no run config, so
+the defaults must live in Python too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, cast
+
+DATASETS = ("digits", "fashion-mnist")
+PARTITIONERS = ("dirichlet", "iid")
+UNLEARN_MODES = ("special", "regular")
+PSEUDO_GRADIENT_SOURCES = ("stored", "fresh")
+
+UnlearnMode = Literal["special", "regular"]
+PseudoGradientSource = Literal["stored", "fresh"]
+
+ConfigValue = int | float | str | bool
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration; the message names the offending key."""
+
+
+def parse_client_ids(text: str) -> tuple[str, ...]:
+    """Parse ``"0,3"`` into ``("0", "3")``; whitespace and empty items are ignored."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Everything a federation run needs, with the embedded default setting.
+
+    The defaults put the digits federation in a regime where the model memorises
+    its clients' data (5 local epochs, 40 rounds; see docs/puf-reference), so
+    that there is something to forget.
+    """
+
+    # --- data ---------------------------------------------------------------
+    dataset: str = "digits"
+    data_dir: str = ""
+    num_partitions: int = 10
+    partitioner: str = "dirichlet"
+    alpha: float = 0.3
+    min_partition_size: int = 10
+    test_fraction: float = 0.2
+    seed: int = 0
+    # --- model and local training ------------------------------------------
+    model: str = "cnn"
+    local_epochs: int = 5
+    batch_size: int = 32
+    lr: float = 0.05
+    lr_decay: float = 1.0
+    # --- federation ---------------------------------------------------------
+    num_server_rounds: int = 70
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_available_clients: int = 2
+    round_timeout: float = 3600.0
+    exclude_clients: str = ""
+    # --- unlearning ---------------------------------------------------------
+    unlearn_at_round: int = 40
+    unlearn_clients: str = "0"
+    unlearn_mode: str = "special"
+    unlearn_source: str = "stored"
+    eta_special: float = 2.0
+    eta_regular: float = 20.0
+    recovery_target_acc: float = 0.0
+    # --- output -------------------------------------------------------------
+    out_dir: str = ""
+    progress: bool = True
+
+    @staticmethod
+    def key(attribute: str) -> str:
+        """Return the run-config key of a dataclass attribute."""
+        return attribute.replace("_", "-")
+
+    @classmethod
+    def run_config_keys(cls) -> tuple[str, ...]:
+        """All run-config keys, in declaration order."""
+        return tuple(cls.key(f.name) for f in fields(cls))
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
+        """Build and validate a config from a Flower run config (hyphenated keys).
+
+        Missing keys take their defaults; unknown keys and values of the wrong
+        type raise :class:`ConfigError` naming the key.
+        """
+        known = {cls.key(f.name): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known) - {"server-round"})
+        if unknown:
+            raise ConfigError(
+                f"unknown configuration key(s) {', '.join(unknown)}; "
+                f"valid keys are: {', '.join(known)}"
+            )
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            if key not in known:
+                continue
+            f = known[key]
+            values[f.name] = _coerce(key, value, type(f.default))
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_run_config(self) -> dict[str, ConfigValue]:
+        """Return the config as a flat Flower run config (hyphenated keys)."""
+        return {
+            self.key(f.name): cast(ConfigValue, getattr(self, f.name))
+            for f in fields(self)
+           
+        }
+
+    def replace(self, **changes: Any) -> FederationConfig:
+        """Return a validated copy with some attributes changed."""
+        config = dataclasses.replace(self, **changes)
+        config.validate()
+        return config
+
+    # --- derived values -----------------------------------------------------
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Client ids of the configured unlearning request (empty if none)."""
+        return parse_client_ids(self.unlearn_clients) if self.unlearn_at_round else ()
+
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        """Client ids that never take part (used for the retrained reference)."""
+        return parse_client_ids(self.exclude_clients)
+
+    def eta_for(self, mode: str) -> float:
+        """The default eta of an unlearning mode."""
+        return self.eta_special if mode == "special" else self.eta_regular
+
+    def lr_at(self, server_round: int) -> float:
+        """Client learning rate in a round: ``lr * lr_decay ** (round - 1)``."""
+        return self.lr * self.lr_decay ** max(server_round - 1, 0)
+
+    # --- validation ---------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid key."""
+        _one_of("dataset", self.dataset, DATASETS)
+        _one_of("partitioner", self.partitioner, PARTITIONERS)
+        _one_of("unlearn-mode", self.unlearn_mode, UNLEARN_MODES)
+        _one_of("unlearn-source", self.unlearn_source, PSEUDO_GRADIENT_SOURCES)
+        _positive("alpha", self.alpha)
+        _positive("eta-special", self.eta_special)
+        _positive("eta-regular", self.eta_regular)
+        _positive("lr", self.lr)
+        _positive("lr-decay", self.lr_decay)
+        _positive("round-timeout", self.round_timeout)
+        for key, value in (
+            ("num-partitions", self.num_partitions),
+            ("num-server-rounds", self.num_server_rounds),
+            ("local-epochs", self.local_epochs),
+            ("batch-size", self.batch_size),
+            ("min-partition-size", self.min_partition_size),
+            ("min-available-clients", self.min_available_clients),
+        ):
+            _positive(key, value)
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"test-fraction must be in (0, 1), got {self.test_fraction}")
+        for key, value in (
+            ("fraction-train", self.fraction_train),
+            ("fraction-evaluate", self.fraction_evaluate),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key} must be in [0, 1], got {value}")
+        if self.fraction_train == 0.0:
+            raise ConfigError("fraction-train must be > 0: a federation must train")
+        if not 0.0 <= self.recovery_target_acc <= 1.0:
+            raise ConfigError(
+                f"recovery-target-acc must be a fraction in [0, 1] (0 = off), "
+                f"got {self.recovery_target_acc}"
+            )
+        if self.unlearn_at_round < 0:
+            raise ConfigError(
+                f"unlearn-at-round must be >= 0 (0 = no request), got {self.unlearn_at_round}"
+            )
+        if self.unlearn_at_round >= self.num_server_rounds:
+            raise ConfigError(
+                f"unlearn-at-round={self.unlearn_at_round} leaves no round for unlearning: "
+                f"the request takes effect in round unlearn-at-round + 1, which must be "
+                f"<= num-server-rounds={self.num_server_rounds}"
+            )
+        if self.unlearn_at_round and not self.targets:
+            raise ConfigError(
+                "unlearn-clients is empty but unlearn-at-round is set: name the client "
+                'ids to forget, e.g. unlearn-clients="0,3", or set unlearn-at-round=0'
+            )
+        for key, ids in (("unlearn-clients", self.targets), ("exclude-clients", self.excluded)):
+            for client_id in ids:
+                if not client_id.isdigit() or int(client_id) >= self.num_partitions:
+                    raise ConfigError(
+                        f"{key} names unknown client {client_id!r}: client ids are the "
+                        f"partition ids 0..{self.num_partitions - 1}"
+                    )
+        if set(self.targets) & set(self.excluded):
+            raise ConfigError(
+                "unlearn-clients and exclude-clients overlap: an excluded client never "
+                "trains, so there is nothing of it to forget"
+            )
+        remaining = self.num_partitions - len(set(self.targets) | set(self.excluded))
+        if remaining < 1:
+            raise ConfigError(
+                "unlearn-clients and exclude-clients leave no client to recover with"
+            )
+
+
+def _coerce(key: str, value: Any, expected: type) -> Any:
+    """Convert a run-config value to the attribute's type or raise naming the key."""
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif expected is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif expected is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # unlearn-clients=3 arrives as an int
+    raise ConfigError(
+        f"{key} must be of type {expected.__name__}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")

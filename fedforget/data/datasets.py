@@ -1,0 +1,189 @@
+"""Dataset registry: real data from local files, as normalised tensors.
+
+* ``digits``: scikit-learn's 1,797 8x8 handwritten digits, shipped inside the
+  scikit-learn wheel (the embedded default; works on every machine). A
+  stratified ``test-fraction`` is held out as the test set.
+* ``fashion-mnist``: the official 60k/10k split, read with torchvision's
+  FashionMNIST loader from ``data-dir``: either a torchvision root holding
+  ``FashionMNIST/raw/*-ubyte``, or a folder with the four gzipped IDX files
+  (Debian's ``dataset-fashion-mnist`` puts them in
+  ``/usr/share/datasets/fashion-mnist``), which are unpacked once into the cache
+  folder ``$FEDFORGET_CACHE`` (default ``~/.cache/fedforget``).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from fedforget.config import FederationConfig
+from fedforget.data.partition import partition_indices
+
+FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass(frozen=True)
+class SplitDataset:
+    """A train/test split as tensors: images ``(N, C, H, W)`` float32, labels int64."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one image."""
+        c, h, w = self.train_x.shape[1:]
+        return int(c), int(h), int(w)
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """A split dataset and each client's training indices (client id = list index)."""
+
+    data: SplitDataset
+    partitions: tuple[NDArray[np.int64], ...]
+
+    def client_indices(self, client_ids: tuple[str, ...] | list[str]) -> NDArray[np.int64]:
+        """Training indices of several clients together."""
+        if not client_ids:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([self.partitions[int(cid)] for cid in client_ids])
+
+    def client_ids(self) -> list[str]:
+        """All client ids."""
+        return [str(i) for i in range(len(self.partitions))]
+
+
+def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = train.mean(), train.std()
+    return (train - mean) / std, (test - mean) / std
+
+
+def load_digits_split(data_dir: str, test_fraction: float, seed: int) -> SplitDataset:
+    """scikit-learn's digits, stratified train/test split under ``seed``."""
+    del data_dir  # shipped with scikit-learn
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / 16.0
+    x_train, x_test, y_train, y_test = train_test_split(
+        images,
+        digits.target.astype(np.int64),
+        test_size=test_fraction,
+        random_state=seed,
+        stratify=digits.target,
+    )
+    train_x, test_x = _standardise(
+        torch.from_numpy(x_train).unsqueeze(1), torch.from_numpy(x_test).unsqueeze(1)
+    )
+    return SplitDataset(train_x, torch.from_numpy(y_train), test_x, torch.from_numpy(y_test), 10)
+
+
+def fashion_mnist_root(data_dir: str) -> Path:
+    """A torchvision root for FashionMNIST, unpacking gzipped IDX files if needed."""
+    source = Path(data_dir or FASHION_MNIST_DEFAULT_DIR)
+    if all((source / "FashionMNIST" / "raw" / f).is_file() for f in FASHION_MNIST_FILES):
+        return source
+    missing = [f for f in FASHION_MNIST_FILES if not (source / f"{f}.gz").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {source}: expected {', '.join(missing)}.gz or "
+            f"FashionMNIST/raw/. Install Debian's dataset-fashion-mnist "
+            f"(apt-get install dataset-fashion-mnist) or set data-dir"
+        )
+    cache = Path(os.environ.get("FEDFORGET_CACHE", Path.home() / ".cache" / "fedforget"))
+    digest = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]
+    root = cache / "fashion-mnist" / digest
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in FASHION_MNIST_FILES:
+        target = raw / name
+        if not target.is_file():
+            partial = raw / f"{name}.partial"
+            with gzip.open(source / f"{name}.gz", "rb") as src, partial.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+            partial.replace(target)
+    return root
+
+
+def load_fashion_mnist_split(data_dir: str, test_fraction: float, seed: int) -> SplitDataset:
+    """Fashion-MNIST's official split through ``torchvision.datasets.FashionMNIST``."""
+    del test_fraction, seed  # the official test set is used
+    from torchvision.datasets import FashionMNIST
+
+    root = str(fashion_mnist_root(data_dir))
+    train = FashionMNIST(root, train=True, download=False)
+    test = FashionMNIST(root, train=False, download=False)
+    train_x, test_x = _standardise(
+        train.data.float().div(255).unsqueeze(1), test.data.float().div(255).unsqueeze(1)
+    )
+    return SplitDataset(train_x, train.targets.long(), test_x, test.targets.long(), 10)
+
+
+DATASET_LOADERS: dict[str, Callable[[str, float, int], SplitDataset]] = {
+    "digits": load_digits_split,
+    "fashion-mnist": load_fashion_mnist_split,
+}
+
+
+def load_dataset(name: str, data_dir: str = "", test_fraction: float = 0.2, seed: int = 0) -> SplitDataset:
+    """Load a registered dataset by name."""
+    try:
+        loader = DATASET_LOADERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown dataset {name!r}: choose one of {', '.join(DATASET_LOADERS)}"
+        ) from None
+    return loader(data_dir, test_fraction, seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _federated_data(
+    dataset: str,
+    data_dir: str,
+    test_fraction: float,
+    num_partitions: int,
+    partitioner: str,
+    alpha: float,
+    min_partition_size: int,
+    seed: int,
+) -> FederatedData:
+    data = load_dataset(dataset, data_dir, test_fraction, seed)
+    partitions = partition_indices(
+        data.train_y.numpy(), num_partitions, partitioner, alpha, min_partition_size, seed
+    )
+    return FederatedData(data, tuple(partitions))
+
+
+def load_federated_data(config: FederationConfig) -> FederatedData:
+    """The dataset and client partitions a config describes (cached per process)."""
+    return _federated_data(
+        config.dataset,
+        config.data_dir,
+        config.test_fraction,
+        config.num_partitions,
+        config.partitioner,
+        config.alpha,
+        config.min_partition_size,
+        config.seed,
+    )

@@ -1,0 +1,125 @@
+"""Unlearning requests: the one path by which "forget these clients" reaches PUF.
+
+A request names one or several clients (and optionally overrides mode, eta and
+the pseudo-gradient source). Requests wait in a queue; at each round boundary
+the strategy takes every request that is due, applies the compatible ones
+together as one concurrent PUF step, and records each as applied (with the
+round it took effect in) or rejected (with the reason).
+
+Simulations put the configured request (``unlearn-at-round``,
+``unlearn-clients``) into the queue before training, with ``not_before_round``
+set; a live API feeds the same queue while rounds run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
+
+RequestStatus = Literal["queued", "applied", "rejected"]
+
+
+@dataclass(frozen=True)
+class UnlearningRequest:
+    """A request to forget ``client_ids`` together.
+
+    ``mode``, ``eta`` and ``source`` left as None take the run's configuration.
+    ``not_before_round`` delays the request until that round's boundary.
+    """
+
+    client_ids: tuple[str, ...]
+    mode: str | None = None
+    eta: float | None = None
+    source: str | None = None
+    not_before_round: int = 0
+    request_id: str = ""
+    submitted_at: float = 0.0
+    status: RequestStatus = "queued"
+    applied_round: int | None = None
+    reason: str = ""
+    update_norm: float | None = None
+
+
+class RequestQueue(Protocol):
+    """What the strategy needs from a queue of unlearning requests."""
+
+    def submit(self, request: UnlearningRequest) -> UnlearningRequest:
+        """Queue a request; return it with its id and submission time set."""
+
+    def due(self, server_round: int) -> list[UnlearningRequest]:
+        """Queued requests that may take effect in ``server_round``, oldest first."""
+
+    def mark_applied(self, request_id: str, server_round: int, update_norm: float) -> None:
+        """Record that a request took effect in ``server_round``."""
+
+    def mark_rejected(self, request_id: str, reason: str) -> None:
+        """Record that a request was refused, and why."""
+
+    def get(self, request_id: str) -> UnlearningRequest | None:
+        """A request by id, or None."""
+
+    def all(self) -> list[UnlearningRequest]:
+        """Every request, oldest first."""
+
+
+class InMemoryRequestQueue:
+    """A thread-safe request queue held in memory (simulations, tests)."""
+
+    def __init__(self, requests: Iterable[UnlearningRequest] = ()) -> None:
+        self._requests: dict[str, UnlearningRequest] = {}
+        self._lock = threading.Lock()
+        for request in requests:
+            self.submit(request)
+
+    def submit(self, request: UnlearningRequest) -> UnlearningRequest:
+        """Queue a request; return it with its id and submission time set."""
+        if not request.client_ids:
+            raise ValueError("an unlearning request must name at least one client")
+        queued = replace(
+            request,
+            request_id=request.request_id or uuid.uuid4().hex,
+            submitted_at=request.submitted_at or time.time(),
+            status="queued",
+        )
+        with self._lock:
+            if queued.request_id in self._requests:
+                return self._requests[queued.request_id]
+            self._requests[queued.request_id] = queued
+        return queued
+
+    def due(self, server_round: int) -> list[UnlearningRequest]:
+        """Queued requests with ``not_before_round <= server_round``, oldest first."""
+        with self._lock:
+            return [
+                r
+                for r in self._requests.values()
+                if r.status == "queued" and r.not_before_round <= server_round
+            ]
+
+    def mark_applied(self, request_id: str, server_round: int, update_norm: float) -> None:
+        """Record that a request took effect in ``server_round``."""
+        self._update(
+            request_id, status="applied", applied_round=server_round, update_norm=update_norm
+        )
+
+    def mark_rejected(self, request_id: str, reason: str) -> None:
+        """Record that a request was refused, and why."""
+        self._update(request_id, status="rejected", reason=reason)
+
+    def get(self, request_id: str) -> UnlearningRequest | None:
+        """A request by id, or None."""
+        with self._lock:
+            return self._requests.get(request_id)
+
+    def all(self) -> list[UnlearningRequest]:
+        """Every request, oldest first."""
+        with self._lock:
+            return list(self._requests.values())
+
+    def _update(self, request_id: str, **changes: object) -> None:
+        with self._lock:
+            self._requests[request_id] = replace(self._requests[request_id], **changes)  # type: ignore[arg-type]

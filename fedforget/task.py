@@ -1,0 +1,84 @@
+"""The learning task a config describes: its data, model and local training.
+
+Clients and server both go through these functions, so a simulation, a
+deployment and the evaluation all see the same data, model and arithmetic.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedforget.config import FederationConfig
+from fedforget.data import FederatedData, load_federated_data
+from fedforget.models import build_model
+from fedforget.puf import Arrays
+from fedforget.training import evaluate, train
+
+
+def new_model(config: FederationConfig, federated: FederatedData | None = None) -> nn.Module:
+    """The config's model with its seeded initial weights."""
+    federated = federated or load_federated_data(config)
+    return build_model(
+        config.model, federated.data.input_shape, federated.data.num_classes, config.seed
+    )
+
+
+def model_with(config: FederationConfig, arrays: Mapping[str, np.ndarray]) -> nn.Module:
+    """The config's model carrying ``arrays`` (a state dict as numpy arrays)."""
+    model = new_model(config)
+    model.load_state_dict({name: torch.from_numpy(np.array(v)) for name, v in arrays.items()})
+    return model
+
+
+def model_arrays(model: nn.Module) -> Arrays:
+    """A model's state dict as numpy arrays (copies)."""
+    return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
+
+
+def client_seed(config: FederationConfig, server_round: int, partition_id: int) -> int:
+    """Seed of one client's local training in one round (reproducible, distinct)."""
+    return zlib.crc32(f"{config.seed}:{server_round}:{partition_id}".encode())
+
+
+def train_client(
+    config: FederationConfig, partition_id: int, model: nn.Module, server_round: int
+) -> tuple[float, int]:
+    """Train ``model`` in place on one client's partition; return (mean loss, examples)."""
+    federated = load_federated_data(config)
+    if not 0 <= partition_id < len(federated.partitions):
+        raise ValueError(
+            f"partition-id {partition_id} is outside 0..{len(federated.partitions) - 1}: "
+            f"check the SuperNode's --node-config and num-partitions"
+        )
+    index = torch.from_numpy(federated.partitions[partition_id])
+    loss = train(
+        model,
+        federated.data.train_x[index],
+        federated.data.train_y[index],
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        lr=config.lr_at(server_round),
+        seed=client_seed(config, server_round, partition_id),
+    )
+    return loss, len(index)
+
+
+def evaluate_client(
+    config: FederationConfig, partition_id: int, model: nn.Module
+) -> tuple[float, float, int]:
+    """Loss and accuracy of ``model`` on one client's training partition."""
+    federated = load_federated_data(config)
+    index = torch.from_numpy(federated.partitions[partition_id])
+    loss, accuracy = evaluate(model, federated.data.train_x[index], federated.data.train_y[index])
+    return loss, accuracy, len(index)
+
+
+def evaluate_global(config: FederationConfig, arrays: Mapping[str, np.ndarray]) -> tuple[float, float]:
+    """Loss and accuracy of a global model on the held-out test set."""
+    federated = load_federated_data(config)
+    return evaluate(model_with(config, arrays), federated.data.test_x, federated.data.test_y)
