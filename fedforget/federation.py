@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,22 @@ from flwr.serverapp import Grid
 from fedforget.config import FederationConfig
 from fedforget.models import statistic_keys
 from fedforget.puf import Arrays
-from fedforget.requests import InMemoryRequestQueue, RequestQueue, UnlearningRequest
+from fedforget.store import PseudoGradientStore
+from fedforget.requests import (
+    InMemoryRequestQueue,
+    RequestQueue,
+    UnlearningRequest,
+    forgotten_clients,
+)
 from fedforget.strategy import PUFStrategy, to_arrays, to_record
-from fedforget.task import evaluate_global, model_arrays, new_model
+from fedforget.task import evaluate_global_metrics, model_arrays, new_model, score_name
 
 HISTORY_FILE = "history.json"
 EVENTS_FILE = "events.json"
 REQUESTS_FILE = "requests.json"
 FINAL_MODEL_FILE = "final_model.npz"
 ORIGINAL_MODEL_FILE = "original_model.npz"
+SCORE_COLUMNS = {"accuracy": "acc"}  # history keys: test_acc, test_dice, test_dice_fg
 
 
 @dataclass
@@ -63,14 +71,22 @@ def configured_requests(config: FederationConfig) -> list[UnlearningRequest]:
 
 
 def build_strategy(
-    config: FederationConfig, requests: RequestQueue | None = None
+    config: FederationConfig,
+    requests: RequestQueue | None = None,
+    store: PseudoGradientStore | None = None,
 ) -> PUFStrategy:
-    """The PUF strategy a config describes."""
-    queue = requests if requests is not None else InMemoryRequestQueue()
+    """The PUF strategy a config describes (in-memory queue and store by default).
+
+    Without ``requests``, the queue is :func:`request_queue`'s (durable with
+    ``state-dir``). Clients that the queue's applied requests forgot (in an
+    earlier run on the same state directory) stay forgotten.
+    """
+    queue = requests if requests is not None else request_queue(config)
     for request in configured_requests(config):
         queue.submit(request)
-    return PUFStrategy(
+    strategy = PUFStrategy(
         requests=queue,
+        store=store,
         unlearn_mode=config.unlearn_mode,
         unlearn_source=config.unlearn_source,
         eta_special=config.eta_special,
@@ -78,13 +94,37 @@ def build_strategy(
         excluded=config.excluded,
         statistic_keys=statistic_keys(new_model(config)),
         recovery_target=config.recovery_target_acc,
-        recovery_metric="accuracy",
+        recovery_metric=score_name(config),
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=1,
         min_evaluate_nodes=1,
         min_available_nodes=config.min_available_clients,
     )
+    strategy.forgotten.update(forgotten_clients(queue))
+    return strategy
+
+
+def request_queue(config: FederationConfig) -> RequestQueue:
+    """The run's request queue: SQLite in ``state-dir`` if set (survives restarts), else memory."""
+    if not config.state_dir:
+        return InMemoryRequestQueue()
+    from fedforget.api.sqlite_queue import SQLiteRequestQueue
+
+    queue = SQLiteRequestQueue.in_state_dir(config.state_dir)
+    # Requests left queued by a crashed run wait until every client has trained once in
+    # this run (round 1), so that PUF negates updates of this run's model.
+    queue.carry_over(first_round=2)
+    return queue
+
+
+def live_api(config: FederationConfig, strategy: PUFStrategy) -> AbstractContextManager[object]:
+    """The unlearning API served while rounds run (``api-enabled``), else nothing."""
+    if not config.api_enabled:
+        return nullcontext()
+    from fedforget.api.server import live_api as serve
+
+    return serve(config, strategy)
 
 
 def run_federation(
@@ -96,36 +136,39 @@ def run_federation(
     started = time.monotonic()
 
     def evaluate(server_round: int, arrays: Any) -> MetricRecord:
-        loss, accuracy = evaluate_global(config, to_arrays(arrays))
+        metrics = evaluate_global_metrics(config, to_arrays(arrays))
+        score = score_name(config)
         summary = strategy.rounds[-1] if strategy.rounds and server_round else None
         record = {
             "round": server_round,
             "phase": summary.phase if summary else "initial",
             "participants": summary.participants if summary else [],
             "rejected_replies": summary.rejected_replies if summary else 0,
-            "test_acc": accuracy,
-            "test_loss": loss,
+            **{f"test_{SCORE_COLUMNS.get(k, k)}": v for k, v in metrics.items() if k != "loss"},
+            "test_loss": metrics["loss"],
             "elapsed_s": round(time.monotonic() - started, 3),
         }
         history.append(record)
         if config.progress:
             print(
                 f"round {server_round:3d}/{config.num_server_rounds} "
-                f"{record['phase']:<8} {record['elapsed_s']:7.1f}s  test acc {accuracy:.3f}",
+                f"{record['phase']:<8} {record['elapsed_s']:7.1f}s  "
+                f"test {SCORE_COLUMNS.get(score, score)} {metrics[score]:.3f}",
                 flush=True,
             )
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+        return MetricRecord(metrics)
 
     task_config = ConfigRecord(config.to_run_config())
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=to_record(model_arrays(new_model(config))),
-        num_rounds=config.num_server_rounds,
-        timeout=config.round_timeout,
-        train_config=task_config,
-        evaluate_config=ConfigRecord(config.to_run_config()),
-        evaluate_fn=evaluate,
-    )
+    with live_api(config, strategy):
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=to_record(model_arrays(new_model(config))),
+            num_rounds=config.num_server_rounds,
+            timeout=config.round_timeout,
+            train_config=task_config,
+            evaluate_config=ConfigRecord(config.to_run_config()),
+            evaluate_fn=evaluate,
+        )
     outcome = FederationOutcome(
         final_arrays=to_arrays(result.arrays),
         original_arrays=strategy.events[0].model_before if strategy.events else None,

@@ -75,7 +75,10 @@ def to_arrays(record: ArrayRecord) -> Arrays:
 
 def to_record(arrays: Arrays) -> ArrayRecord:
     """A dict of numpy arrays as an ArrayRecord."""
-    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+    # np.ascontiguousarray turns 0-d arrays (BatchNorm num_batches_tracked) into shape (1,)
+    return ArrayRecord(
+        {name: Array(np.require(value, requirements="C")) for name, value in arrays.items()}
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,53 @@
+"""The run configuration: defaults, parsing, and errors that name the key."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedforget.config import ConfigError, FederationConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_app_config_equals_the_dataclass_defaults():
+    """flwr run reads pyproject, run_simulation the dataclass: they must agree."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    app_config = pyproject["tool"]["flwr"]["app"]["config"]
+    assert app_config == FederationConfig().to_run_config()
+    assert "federations" not in pyproject["tool"]["flwr"], "keep federations in FLWR_HOME"
+
+
+def test_round_trip_and_coercion():
+    config = FederationConfig.from_run_config({"unlearn-clients": 3, "alpha": 1, "lr": 0.1})
+    assert config.targets == ("3",)
+    assert config.alpha == 1.0
+    assert FederationConfig.from_run_config(config.to_run_config()) == config
+
+
+@pytest.mark.parametrize(
+    ("run_config", "key"),
+    [
+        ({"eta-special": 0.0}, "eta-special"),
+        ({"eta-regular": -1.0}, "eta-regular"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"dataset": "imagenet"}, "dataset"),
+        ({"unlearn-at-round": 70}, "unlearn-at-round"),
+        ({"unlearn-clients": "12"}, "unlearn-clients"),
+        ({"unlearn-mode": "both"}, "unlearn-mode"),
+        ({"unlearn-source": "cache"}, "unlearn-source"),
+        ({"num-partitions": "ten"}, "num-partitions"),
+        ({"recovery-target-acc": 97.0}, "recovery-target-acc"),
+        ({"unlern-clients": "1"}, "unlern-clients"),
+        ({"exclude-clients": "0"}, "exclude-clients"),
+    ],
+)
+def test_invalid_config_names_the_key(run_config, key):
+    with pytest.raises(ConfigError, match=key):
+        FederationConfig.from_run_config(run_config)
+
+
+def test_lr_schedule():
+    config = FederationConfig(lr=0.1, lr_decay=0.998)
+    assert config.lr_at(1) == pytest.approx(0.1)
+    assert config.lr_at(3) == pytest.approx(0.1 * 0.998**2)

@@ -1,0 +1,124 @@
+"""The main job and the Flower apps, run as a user runs them (reduced size)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedforget.metrics import METRIC_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = "num-partitions=3 num-server-rounds=5 unlearn-at-round=2 local-epochs=1"
+
+
+def fedforget(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedforget.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
+
+
+def test_main_job_writes_results_json_and_csv(tmp_path):
+    out = tmp_path / "out"
+    done = fedforget("run", "--out", str(out), "--run-config", SMALL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["num-server-rounds"] == 5 and results["config"]["unlearn-clients"] == "0"
+    methods = results["methods"]
+    assert set(methods) == {"original", "puf", "retrain"}
+    for values in methods.values():
+        for metric in METRIC_NAMES:
+            assert 0.0 <= values[metric] <= 1.0
+    puf = methods["puf"]
+    assert puf["unlearning_round"] == 3
+    assert 1 <= puf["recovery_rounds"] <= 3
+    assert puf["recovered"] == (puf["test_acc"] >= methods["retrain"]["test_acc"])
+    runs = [r["run"] for r in results["history"]]
+    assert runs.count("retrain") == 3  # round 0 (initial) + 2 rounds
+    puf_rounds = [r for r in results["history"] if r["run"] == "puf"]
+    assert [r["phase"] for r in puf_rounds[:4]] == ["initial", "train", "train", "unlearn"]
+    assert all("0" not in r["participants"] for r in results["history"] if r["run"] == "retrain")
+    assert all("0" not in r["participants"] for r in puf_rounds[3:])
+    assert results["gaps"]["retrain"] == dict.fromkeys(METRIC_NAMES, 0.0)
+    gap = abs(methods["original"]["forget_acc"] - methods["retrain"]["forget_acc"])
+    assert results["gaps"]["original"]["forget_acc"] == pytest.approx(gap)
+    header = (out / "methods.csv").read_text().splitlines()[0]
+    assert header.startswith("method,test_acc,forget_acc,retain_acc,mia_yeom,recovery_rounds")
+    assert len((out / "history.csv").read_text().splitlines()) == 1 + len(results["history"])
+    assert "round   1/2" in done.stdout and "round   3/5 unlearn" in done.stdout
+    assert "original" in done.stdout and "gap" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("run_config", "key"),
+    [
+        ("eta-special=0.0", "eta-special"),
+        ("alpha=-1.0", "alpha"),
+        ("unlearn-at-round=80", "unlearn-at-round"),
+        ("dataset='cifar-1000'", "dataset"),
+        ("unlearn-clients='3,11'", "unlearn-clients"),
+    ],
+)
+def test_invalid_configuration_fails_before_training(tmp_path, run_config, key):
+    done = fedforget("run", "--out", str(tmp_path / "out"), "--run-config", run_config)
+    assert done.returncode == 2
+    assert key in done.stderr and "round " not in done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_flwr_run_runs_the_apps_with_puf(tmp_path):
+    """`flwr run .` with a test-local FLWR_HOME; stops the SuperLink it started."""
+    flwr_home = tmp_path / "flwr-home"
+    out = tmp_path / "flwr-out"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+    }
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    try:
+        done = subprocess.run(
+            [
+                flwr, "run", ".",
+                "--run-config", f"num-partitions=3 num-server-rounds=3 unlearn-at-round=2 "
+                f"local-epochs=1 unlearn-clients='2' out-dir='{out}'",
+                "--federation-config", "num-supernodes=3",
+                "--stream",
+            ],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        _stop_processes_using(flwr_home)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    events = json.loads((out / "events.json").read_text())
+    assert [(e["server_round"], e["clients"]) for e in events] == [(3, ["2"])]
+    history = json.loads((out / "history.json").read_text())
+    assert [r["phase"] for r in history] == ["initial", "train", "train", "unlearn"]
+    assert (out / "original_model.npz").is_file() and (out / "final_model.npz").is_file()
+
+
+def _stop_processes_using(path: Path) -> None:
+    """Terminate processes (the detached local SuperLink) whose command line names path."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
