@@ -51,3 +51,12 @@ def test_lr_schedule():
     config = FederationConfig(lr=0.1, lr_decay=0.998)
     assert config.lr_at(1) == pytest.approx(0.1)
     assert config.lr_at(3) == pytest.approx(0.1 * 0.998**2)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.name)
+def test_every_experiment_configuration_is_valid(path):
+    """Each file in experiments/ is a run config fedforget accepts."""
+    from fedforget.cli import parse_run_config
+
+    config = FederationConfig.from_run_config(parse_run_config([str(path)]))
+    assert config.num_server_rounds > config.unlearn_at_round

@@ -1,0 +1,93 @@
+"""What Flower + Ray add to local training, per round (after round 1).
+
+Runs the default digits federation (10 clients, all clients every round, no
+unlearning) on Flower's Ray backend, and the same clients' local training of
+the same rounds in a plain process pool with as many processes as Ray actors
+(one CPU and one torch thread each). Reports the mean wall time per round of
+both, from round 2 on, and the overhead in percent.
+
+    python benchmarks/flower_overhead.py [--rounds 8] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from fedforget.config import FederationConfig
+from fedforget.federation import HISTORY_FILE
+from fedforget.simulation import simulate
+from fedforget.task import new_model, train_client
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _train_one(job: tuple[FederationConfig, int, int, dict[str, torch.Tensor]]) -> int:
+    config, partition, server_round, state = job
+    model = new_model(config)
+    model.load_state_dict(state)
+    _, count = train_client(config, partition, model, server_round)
+    return count
+
+
+def local_round_times(config: FederationConfig, rounds: int, processes: int) -> list[float]:
+    """Wall time of each round of local training of all clients in a process pool."""
+    state = new_model(config).state_dict()
+    times = []
+    with get_context("spawn").Pool(processes, initializer=_init_worker) as pool:
+        for server_round in range(1, rounds + 1):
+            jobs = [(config, p, server_round, state) for p in range(config.num_partitions)]
+            start = time.perf_counter()
+            pool.map(_train_one, jobs, chunksize=1)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def flower_round_times(config: FederationConfig, processes: int) -> list[float]:
+    """Wall time of each round of the Ray simulation, from the server's history."""
+    with tempfile.TemporaryDirectory() as out:
+        simulate(config.replace(out_dir=out), num_cpus=processes)
+        history = json.loads((Path(out) / HISTORY_FILE).read_text())
+    elapsed = [record["elapsed_s"] for record in history]
+    return [b - a for a, b in zip(elapsed, elapsed[1:], strict=False)]
+
+
+def main() -> None:
+    """Measure and print; write a JSON record when --out is given."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    config = FederationConfig(num_server_rounds=args.rounds, unlearn_at_round=0, progress=False)
+    flower = flower_round_times(config, args.processes)[1:]
+    local = local_round_times(config, args.rounds, args.processes)[1:]
+    flower_mean, local_mean = sum(flower) / len(flower), sum(local) / len(local)
+    record = {
+        "benchmark": "flower_overhead",
+        "config": "default digits federation, 10 clients, 5 local epochs, no unlearning",
+        "rounds_measured": f"2..{args.rounds}",
+        "processes": args.processes,
+        "flower_round_s": round(flower_mean, 4),
+        "local_round_s": round(local_mean, 4),
+        "overhead_pct": round(100 * (flower_mean / local_mean - 1), 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    print(json.dumps(record, indent=2))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "flower_overhead.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
