@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedforget.api.cli import add_unlearn_parser, command_unlearn
 from fedforget.config import ConfigError, FederationConfig
 
 DEFAULT_OUT = "runs/latest"
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--num-cpus", type=int, help="CPUs for Ray (default: all)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
+    add_unlearn_parser(commands)
     return parser
 
 
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return command_run(args)
+        if args.command == "unlearn":
+            return command_unlearn(args)
     except (ConfigError, FileNotFoundError) as error:
         print(f"fedforget: error: {error}", file=sys.stderr)
         return 2

@@ -76,6 +76,13 @@ class FederationConfig:
     # --- output -------------------------------------------------------------
     out_dir: str = ""
     progress: bool = True
+    # --- live unlearning API (fedforget.api) ---------------------------------
+    api_enabled: bool = False
+    api_host: str = "127.0.0.1"
+    api_port: int = 0
+    api_token_file: str = ""
+    api_token_env: str = "FEDFORGET_API_TOKEN"
+    state_dir: str = ""
 
     @staticmethod
     def key(attribute: str) -> str:
@@ -212,6 +219,26 @@ class FederationConfig:
         if remaining < 1:
             raise ConfigError(
                 "unlearn-clients and exclude-clients leave no client to recover with"
+            )
+        self._validate_api()
+
+    def _validate_api(self) -> None:
+        """Check the keys of the live unlearning API (see :mod:`fedforget.api`)."""
+        if not 0 <= self.api_port <= 65535:
+            raise ConfigError(
+                f"api-port must be in 0..65535 (0 = pick a free port), got {self.api_port}"
+            )
+        if not self.api_host.strip():
+            raise ConfigError('api-host must not be empty: use "127.0.0.1" for local access')
+        if self.api_token_env and not self.api_token_env.replace("_", "").isalnum():
+            raise ConfigError(
+                f"api-token-env must name an environment variable (letters, digits, _), "
+                f"got {self.api_token_env!r}"
+            )
+        if self.api_enabled and not self.state_dir:
+            raise ConfigError(
+                "api-enabled=true needs state-dir: name a folder where unlearning requests "
+                "are kept across restarts, e.g. state-dir=\"/var/lib/fedforget\""
             )
 
 

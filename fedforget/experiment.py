@@ -59,6 +59,9 @@ def run_experiment(
         exclude_clients=",".join((*config.excluded, *targets)),
         recovery_target_acc=0.0,
         out_dir=str(runs / "retrain"),
+        # the reference run must not serve the API nor share the PUF run's request queue
+        api_enabled=False,
+        state_dir="",
     )
     simulate(retrain_config, num_cpus)
     retrain_model = model_with(config, read_arrays(runs / "retrain" / FINAL_MODEL_FILE))

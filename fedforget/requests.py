@@ -123,3 +123,17 @@ class InMemoryRequestQueue:
     def _update(self, request_id: str, **changes: object) -> None:
         with self._lock:
             self._requests[request_id] = replace(self._requests[request_id], **changes)  # type: ignore[arg-type]
+
+
+def forgotten_clients(queue: RequestQueue) -> set[str]:
+    """Clients forgotten by the applied requests of ``queue``.
+
+    A durable queue thus carries the forgotten set across a server restart:
+    the strategy is seeded with it and never samples those clients again.
+    """
+    return {
+        client
+        for request in queue.all()
+        if request.status == "applied"
+        for client in request.client_ids
+    }

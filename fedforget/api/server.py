@@ -1,0 +1,153 @@
+"""Serve the unlearning API with uvicorn in a background thread of the ServerApp.
+
+:func:`live_api` is what :func:`fedforget.federation.run_federation` wraps the
+round loop in: with ``api-enabled=true`` the API answers while rounds run and
+stops when the run ends. The address it listens on (``api-port=0`` picks a
+free port) is written to ``<state-dir>/api.json`` so that ``fedforget
+unlearn --state-dir DIR`` finds it; the file is removed on a clean stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from fedforget.api.app import FederationView, create_app
+from fedforget.api.auth import ApiToken, resolve_token
+from fedforget.api.constants import ENDPOINT_FILE
+from fedforget.api.sqlite_queue import SQLiteRequestQueue
+from fedforget.config import FederationConfig
+from fedforget.strategy import PUFStrategy
+
+START_TIMEOUT_S = 10.0
+
+logger = logging.getLogger(__name__)
+
+
+class ApiServer:
+    """The API of one federation, served by uvicorn in a daemon thread.
+
+    Parameters
+    ----------
+    queue : SQLiteRequestQueue
+        The strategy's durable request queue.
+    federation : FederationView
+        The strategy and config the API reports on.
+    token : ApiToken
+        The bearer token every call must carry.
+    host : str (default: "127.0.0.1")
+        Address to listen on.
+    port : int (default: 0)
+        Port to listen on; 0 picks a free one (see :attr:`url`).
+
+    """
+
+    def __init__(
+        self,
+        queue: SQLiteRequestQueue,
+        federation: FederationView,
+        token: ApiToken,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.token = token
+        self.host = host
+        self._socket = _listen(host, port)
+        self.port: int = self._socket.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(queue, federation, token),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="none",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="fedforget-api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> ApiServer:
+        """Start serving; return once the API accepts connections."""
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the unlearning API did not start on {self.url}; see the log")
+            time.sleep(0.01)
+        logger.info("Unlearning API on %s (token from %s)", self.url, self.token.origin)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread to end."""
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=START_TIMEOUT_S)
+        self._socket.close()
+
+    def _serve(self) -> None:
+        self._server.run(sockets=[self._socket])
+
+
+@contextlib.contextmanager
+def live_api(config: FederationConfig, strategy: PUFStrategy) -> Iterator[ApiServer | None]:
+    """Serve the API of ``strategy`` while the block runs (nothing unless ``api-enabled``)."""
+    if not config.api_enabled:
+        yield None
+        return
+    if not isinstance(strategy.requests, SQLiteRequestQueue):
+        raise TypeError(
+            "the unlearning API needs the strategy's durable queue: build the strategy with "
+            "fedforget.federation.request_queue(config) (state-dir set)"
+        )
+    token = resolve_token(config)
+    server = ApiServer(
+        strategy.requests, FederationView(strategy, config), token, config.api_host, config.api_port
+    ).start()
+    endpoint = Path(config.state_dir) / ENDPOINT_FILE
+    write_endpoint(endpoint, server)
+    if config.progress:
+        print(f"unlearning API on {server.url} (token: {token.origin})", flush=True)
+    try:
+        yield server
+    finally:
+        endpoint.unlink(missing_ok=True)
+        server.stop()
+
+
+def write_endpoint(path: Path, server: ApiServer) -> None:
+    """Write where the API listens (never the token), atomically."""
+    record = {"url": server.url, "host": server.host, "port": server.port, "pid": os.getpid()}
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=2))
+    temporary.replace(path)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Open a listening socket on ``host:port`` (port 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise RuntimeError(
+            f"cannot listen on {host}:{port} for the unlearning API ({error.strerror}): choose "
+            "another api-port, or api-port=0 for a free one"
+        ) from error
+    sock.listen(64)
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,325 @@
+"""A durable request queue: unlearning requests kept in SQLite (WAL).
+
+:class:`SQLiteRequestQueue` implements :class:`fedforget.requests.RequestQueue`,
+so the strategy reads it exactly as it reads the in-memory queue. Every write
+is committed (``synchronous=FULL``) before the call returns, so a request the
+API has answered 202 for survives a crash of the server process. The set of
+forgotten clients is not kept separately: it is the union of the clients of
+the applied requests (:func:`fedforget.requests.forgotten_clients`), so it
+cannot drift from the requests that caused it.
+
+Each request is applied at most once: ``mark_applied`` only changes a request
+that is still queued, and ``due`` only returns queued ones. An idempotency key
+(unique) makes resubmissions return the request the key first created.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+from fedforget.api.constants import DATABASE_FILE
+from fedforget.requests import RequestStatus, UnlearningRequest
+
+SCHEMA_VERSION = 1
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL UNIQUE,
+    idempotency_key TEXT UNIQUE,
+    client_ids TEXT NOT NULL,
+    mode TEXT,
+    eta REAL,
+    source TEXT,
+    not_before_round INTEGER NOT NULL DEFAULT 0,
+    submitted_at REAL NOT NULL,
+    submitted_round INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'applied', 'rejected')),
+    applied_round INTEGER,
+    applied_at REAL,
+    update_norm REAL,
+    reason TEXT NOT NULL DEFAULT ''
+)
+"""
+
+
+class IdempotencyConflict(ValueError):
+    """An idempotency key was reused for a different request."""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """A stored request with what the queue knows beyond :class:`UnlearningRequest`.
+
+    ``submitted_round`` is the round that was running when the request arrived
+    (None if unknown), ``applied_at`` the time it took effect.
+    """
+
+    request: UnlearningRequest
+    idempotency_key: str | None = None
+    submitted_round: int | None = None
+    applied_at: float | None = None
+
+
+class SQLiteRequestQueue:
+    """Unlearning requests in a SQLite database; safe to share between threads.
+
+    Parameters
+    ----------
+    path : str | Path
+        The database file; created (with its folder) if missing. Use
+        :meth:`in_state_dir` for the file in a federation's state directory.
+
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(
+                f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); put "
+                "state-dir on a local file system"
+            )
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, this fedforget reads version "
+                f"{SCHEMA_VERSION}: use a new state-dir or the fedforget that wrote it"
+            )
+        with self._transaction():
+            self._db.execute(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path) -> SQLiteRequestQueue:
+        """Open the queue of a federation's state directory."""
+        return cls(Path(state_dir) / DATABASE_FILE)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------ RequestQueue
+    def submit(self, request: UnlearningRequest) -> UnlearningRequest:
+        """Queue a request; an existing ``request_id`` returns the stored request."""
+        record, _ = self.submit_record(request)
+        return record.request
+
+    def due(self, server_round: int) -> list[UnlearningRequest]:
+        """Queued requests with ``not_before_round <= server_round``, oldest first."""
+        rows = self._query(
+            "SELECT * FROM requests WHERE status = 'queued' AND not_before_round <= ? ORDER BY seq",
+            (server_round,),
+        )
+        return [_record(row).request for row in rows]
+
+    def mark_applied(self, request_id: str, server_round: int, update_norm: float) -> None:
+        """Record that a queued request took effect in ``server_round`` (once only)."""
+        self._set_outcome(
+            request_id,
+            "UPDATE requests SET status = 'applied', applied_round = ?, update_norm = ?, "
+            "applied_at = ? WHERE request_id = ? AND status = 'queued'",
+            (server_round, update_norm, time.time(), request_id),
+        )
+
+    def mark_rejected(self, request_id: str, reason: str) -> None:
+        """Record that a queued request was refused, and why."""
+        self._set_outcome(
+            request_id,
+            "UPDATE requests SET status = 'rejected', reason = ? "
+            "WHERE request_id = ? AND status = 'queued'",
+            (reason, request_id),
+        )
+
+    def get(self, request_id: str) -> UnlearningRequest | None:
+        """Return a request by id, or None."""
+        record = self.record(request_id)
+        return record.request if record else None
+
+    def all(self) -> list[UnlearningRequest]:
+        """Every request, oldest first."""
+        return [record.request for record in self.records()]
+
+    # ---------------------------------------------------------- extras
+    def submit_record(
+        self,
+        request: UnlearningRequest,
+        *,
+        idempotency_key: str | None = None,
+        submitted_round: int | None = None,
+    ) -> tuple[RequestRecord, bool]:
+        """Queue a request durably; return its record and whether it is new.
+
+        A request whose ``request_id`` or ``idempotency_key`` is already stored
+        is not queued again: the stored record comes back (with False).
+
+        Raises
+        ------
+        IdempotencyConflict
+            If ``idempotency_key`` belongs to a request for other clients or
+            with other options.
+
+        """
+        if not request.client_ids:
+            raise ValueError("an unlearning request must name at least one client")
+        queued = replace(
+            request,
+            request_id=request.request_id or uuid.uuid4().hex,
+            submitted_at=request.submitted_at or time.time(),
+            status="queued",
+            applied_round=None,
+            reason="",
+            update_norm=None,
+        )
+        with self._transaction():
+            existing = self._existing(queued.request_id, idempotency_key)
+            if existing is not None:
+                _check_same(existing, queued, idempotency_key)
+                return existing, False
+            self._db.execute(
+                "INSERT INTO requests (request_id, idempotency_key, client_ids, mode, eta, "
+                "source, not_before_round, submitted_at, submitted_round, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
+                (
+                    queued.request_id,
+                    idempotency_key,
+                    json.dumps(list(queued.client_ids)),
+                    queued.mode,
+                    queued.eta,
+                    queued.source,
+                    queued.not_before_round,
+                    queued.submitted_at,
+                    submitted_round,
+                ),
+            )
+        return RequestRecord(queued, idempotency_key, submitted_round), True
+
+    def record(self, request_id: str) -> RequestRecord | None:
+        """Return the stored record of a request, or None."""
+        rows = self._query("SELECT * FROM requests WHERE request_id = ?", (request_id,))
+        return _record(rows[0]) if rows else None
+
+    def record_by_idempotency_key(self, key: str) -> RequestRecord | None:
+        """Return the request an idempotency key created, or None."""
+        rows = self._query("SELECT * FROM requests WHERE idempotency_key = ?", (key,))
+        return _record(rows[0]) if rows else None
+
+    def records(self, status: RequestStatus | None = None) -> list[RequestRecord]:
+        """Return stored records (all, or those with ``status``), oldest first."""
+        if status is None:
+            rows = self._query("SELECT * FROM requests ORDER BY seq", ())
+        else:
+            rows = self._query("SELECT * FROM requests WHERE status = ? ORDER BY seq", (status,))
+        return [_record(row) for row in rows]
+
+    def applied(self) -> list[RequestRecord]:
+        """Return applied requests in the order they took effect (the audit log)."""
+        rows = self._query(
+            "SELECT * FROM requests WHERE status = 'applied' "
+            "ORDER BY applied_round, applied_at, seq",
+            (),
+        )
+        return [_record(row) for row in rows]
+
+    def carry_over(self, first_round: int) -> int:
+        """Defer requests left queued by an earlier run to ``first_round`` or later.
+
+        A restarted federation trains again from its initial model, so a request
+        that an earlier run accepted can only take effect once the targets have
+        trained in this run (PUF negates their updates of *this* model). Return
+        how many requests were carried over.
+        """
+        with self._transaction():
+            return self._db.execute(
+                "UPDATE requests SET not_before_round = ? "
+                "WHERE status = 'queued' AND not_before_round < ?",
+                (first_round, first_round),
+            ).rowcount
+
+    # --------------------------------------------------------- internals
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, parameters: tuple[Any, ...]) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, parameters).fetchall())
+
+    def _existing(self, request_id: str, idempotency_key: str | None) -> RequestRecord | None:
+        """Return the record with this id or idempotency key (inside a transaction)."""
+        row = self._db.execute(
+            "SELECT * FROM requests WHERE request_id = ? OR "
+            "(? IS NOT NULL AND idempotency_key = ?) ORDER BY seq LIMIT 1",
+            (request_id, idempotency_key, idempotency_key),
+        ).fetchone()
+        return _record(row) if row is not None else None
+
+    def _set_outcome(self, request_id: str, sql: str, parameters: tuple[Any, ...]) -> None:
+        with self._transaction():
+            changed = self._db.execute(sql, parameters).rowcount
+        if not changed:
+            record = self.record(request_id)
+            state = record.request.status if record else "unknown"
+            logger.warning(
+                "Request %s is %s, not queued: its outcome was not changed", request_id, state
+            )
+
+
+def _record(row: sqlite3.Row) -> RequestRecord:
+    request = UnlearningRequest(
+        client_ids=tuple(json.loads(row["client_ids"])),
+        mode=row["mode"],
+        eta=row["eta"],
+        source=row["source"],
+        not_before_round=row["not_before_round"],
+        request_id=row["request_id"],
+        submitted_at=row["submitted_at"],
+        status=cast(RequestStatus, row["status"]),
+        applied_round=row["applied_round"],
+        reason=row["reason"],
+        update_norm=row["update_norm"],
+    )
+    return RequestRecord(request, row["idempotency_key"], row["submitted_round"], row["applied_at"])
+
+
+def _check_same(existing: RequestRecord, new: UnlearningRequest, key: str | None) -> None:
+    """Raise if an idempotency key is reused for a different request."""
+    old = existing.request
+    if key is None or existing.idempotency_key != key:
+        return
+    if (old.client_ids, old.mode, old.eta, old.source) != (
+        new.client_ids,
+        new.mode,
+        new.eta,
+        new.source,
+    ):
+        raise IdempotencyConflict(
+            f"idempotency key {key!r} was used for request {old.request_id} (clients "
+            f"{', '.join(old.client_ids)}); use a new key for a different request"
+        )

@@ -1,0 +1,176 @@
+"""The unlearning API over real HTTP on loopback, around a real (idle) PUF strategy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fedforget.api.auth import ApiStartError, resolve_token
+from fedforget.api.client import ApiError, UnlearningClient
+from fedforget.api.server import live_api
+from fedforget.api.sqlite_queue import SQLiteRequestQueue
+from fedforget.cli import main as fedforget
+from fedforget.config import ConfigError, FederationConfig
+from fedforget.federation import build_strategy
+from fedforget.requests import UnlearningRequest
+
+IDLE = FederationConfig(
+    num_partitions=4,
+    unlearn_at_round=0,
+    exclude_clients="3",
+    api_enabled=True,
+    progress=False,
+)
+
+
+@pytest.fixture
+def api(tmp_path, monkeypatch):
+    """An API on a free loopback port; client 2 was forgotten by an earlier run."""
+    monkeypatch.delenv("FEDFORGET_API_TOKEN", raising=False)
+    config = IDLE.replace(state_dir=str(tmp_path))
+    earlier = SQLiteRequestQueue.in_state_dir(tmp_path)
+    earlier.submit(UnlearningRequest(("2",), request_id="earlier"))
+    earlier.mark_applied("earlier", 5, 1.5)
+    strategy = build_strategy(config)
+    with live_api(config, strategy) as server:
+        token = (tmp_path / "api-token").read_text().strip()
+        with UnlearningClient(server.url, token) as client:
+            yield client, strategy, tmp_path
+
+
+def test_submit_returns_202_and_the_request_reads_back_queued(api):
+    """202 with an id and a Location; GET returns it queued; status lists it as pending."""
+    client, strategy, _ = api
+    response = client._http.post("/v1/unlearning-requests", json={"client_ids": [1, "0"], "eta": 3})
+    assert response.status_code == 202
+    body = response.json()
+    assert response.headers["location"] == f"/v1/unlearning-requests/{body['request_id']}"
+    assert client.request(body["request_id"]) == body
+    assert body["client_ids"] == ["1", "0"] and body["eta"] == 3.0 and body["status"] == "queued"
+    assert [r.request_id for r in strategy.requests.due(1)] == [body["request_id"]]
+    status = client.status()
+    assert status["pending_requests"] == [body["request_id"]]
+    assert status["clients_forgotten"] == ["2"] and status["clients_excluded"] == ["3"]
+
+
+def test_same_idempotency_key_returns_the_same_request(api):
+    """A resubmission with the key queues nothing new; another body with it is 422."""
+    client, strategy, _ = api
+    first = client.submit(["1"], idempotency_key="k-1")
+    again = client.submit(["1"], idempotency_key="k-1")
+    assert again == first and len(strategy.requests.all()) == 2  # 'earlier' + this one
+    with pytest.raises(ApiError) as refused:
+        client.submit(["0"], idempotency_key="k-1")
+    assert refused.value.status_code == 422 and "k-1" in refused.value.detail
+    assert len(strategy.requests.all()) == 2
+
+
+def test_state_changing_refusals(api):
+    """Forgotten -> 409, excluded/unknown -> 422, unknown request -> 404; nothing queued."""
+    client, strategy, _ = api
+    expected = {("2",): 409, ("3",): 422, ("0", "17"): 422, ("node-5",): 422}
+    for ids, code in expected.items():
+        with pytest.raises(ApiError) as refused:
+            client.submit(list(ids))
+        assert refused.value.status_code == code
+        assert ids[-1] in refused.value.detail
+    with pytest.raises(ApiError) as missing:
+        client.request("nope")
+    assert missing.value.status_code == 404
+    assert [r.request_id for r in strategy.requests.all()] == ["earlier"]
+    assert strategy.forgotten == {"2"} and strategy.store.client_ids() == []
+
+
+def test_every_endpoint_needs_the_token(api):
+    """Without the token every endpoint, the schema included, answers 401."""
+    client, strategy, _ = api
+    for path in ("/v1/status", "/v1/audit-log", "/v1/unlearning-requests/earlier", "/openapi.json"):
+        assert httpx.get(client.url + path).status_code == 401
+    refused = httpx.post(
+        client.url + "/v1/unlearning-requests",
+        content=b"{not json",
+        headers={"Authorization": "Bearer wrong", "Content-Type": "application/json"},
+    )
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert [r.request_id for r in strategy.requests.all()] == ["earlier"]
+
+
+def test_audit_log_lists_applied_requests_without_client_data(api):
+    """Request id, round, clients, norm and time, nothing else."""
+    client, _, _ = api
+    [entry] = client.audit_log()
+    assert entry.keys() == {"request_id", "server_round", "client_ids", "update_norm", "applied_at"}
+    assert (entry["request_id"], entry["server_round"], entry["client_ids"]) == (
+        "earlier",
+        5,
+        ["2"],
+    )
+    assert entry["update_norm"] == 1.5
+
+
+def test_cli_submits_reads_and_reports_errors(api, capsys):
+    """`fedforget unlearn` finds URL and token in the state dir and prints JSON."""
+    _, strategy, state = api
+    assert fedforget(["unlearn", "--state-dir", str(state), "1"]) == 0
+    submitted = json.loads(capsys.readouterr().out)
+    assert strategy.requests.get(submitted["request_id"]).client_ids == ("1",)
+    assert (
+        fedforget(["unlearn", "--state-dir", str(state), "--request", submitted["request_id"]]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["status"] == "queued"
+    assert fedforget(["unlearn", "--state-dir", str(state), "--status"]) == 0
+    assert json.loads(capsys.readouterr().out)["pending_requests"] == [submitted["request_id"]]
+    assert fedforget(["unlearn", "--state-dir", str(state), "--audit-log"]) == 0
+    assert [e["request_id"] for e in json.loads(capsys.readouterr().out)] == ["earlier"]
+    assert fedforget(["unlearn", "--state-dir", str(state), "2"]) == 1
+    assert "409" in capsys.readouterr().err
+
+
+def test_no_token_refuses_a_public_address_and_a_configured_token_is_used(tmp_path, monkeypatch):
+    """0.0.0.0 without a token does not start; file and environment tokens are honoured."""
+    monkeypatch.delenv("FEDFORGET_API_TOKEN", raising=False)
+    public = IDLE.replace(state_dir=str(tmp_path), api_host="0.0.0.0")
+    with pytest.raises(ApiStartError, match="api-token-file"):
+        resolve_token(public)
+    with pytest.raises(ApiStartError), live_api(public, build_strategy(public)):
+        pass
+    assert not (tmp_path / "api.json").exists()
+    monkeypatch.setenv("FEDFORGET_API_TOKEN", "from-env")
+    assert resolve_token(public).value == "from-env"
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    assert resolve_token(public.replace(api_token_file=str(token_file))).value == "from-file"
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_token(public.replace(api_token_file=str(tmp_path / "missing")))
+
+
+def test_api_config_keys_are_validated():
+    """Bad API keys raise ConfigError naming the key."""
+    for changes, key in (
+        ({"api_port": 70000}, "api-port"),
+        ({"api_host": " "}, "api-host"),
+        ({"api_token_env": "NOT-A-NAME"}, "api-token-env"),
+        ({"state_dir": ""}, "state-dir"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            IDLE.replace(state_dir="s").replace(**changes)
+
+
+def test_fixed_port_and_endpoint_file(tmp_path, monkeypatch):
+    """api-port is honoured; api.json names the URL (never the token) and goes at stop."""
+    import socket
+
+    monkeypatch.setenv("FEDFORGET_API_TOKEN", "secret")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = IDLE.replace(state_dir=str(tmp_path), api_port=port)
+    with live_api(config, build_strategy(config)) as server:
+        endpoint = json.loads((tmp_path / "api.json").read_text())
+        assert endpoint["url"] == f"http://127.0.0.1:{port}" == server.url
+        assert "secret" not in (tmp_path / "api.json").read_text()
+        assert UnlearningClient.from_state_dir(Path(tmp_path)).status()["current_round"] == 0
+    assert not (tmp_path / "api.json").exists()

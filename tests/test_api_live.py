@@ -1,0 +1,274 @@
+"""The unlearning API during real Flower simulations: requests land at the next round boundary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from api_support import Driver, wait_for_api, wait_for_round_start
+from flwr.app import ConfigRecord
+from flwr.serverapp import ServerApp
+from flwr.simulation import run_simulation
+from harness import RecordingStore
+
+from fedforget.api.client import UnlearningClient
+from fedforget.api.sqlite_queue import SQLiteRequestQueue
+from fedforget.config import FederationConfig
+from fedforget.federation import EVENTS_FILE, HISTORY_FILE, build_strategy, live_api
+from fedforget.puf import Arrays
+from fedforget.simulation import backend_config, simulate
+from fedforget.strategy import PUFStrategy, to_arrays, to_record
+from fedforget.task import model_arrays, new_model
+
+LIVE = FederationConfig(
+    num_partitions=3,
+    local_epochs=2,
+    num_server_rounds=7,
+    unlearn_at_round=0,
+    api_enabled=True,
+    progress=False,
+)
+
+
+@dataclass
+class LiveRun:
+    strategy: PUFStrategy
+    store: RecordingStore
+    models: dict[int, Arrays] = field(default_factory=dict)
+    api: dict[str, Any] = field(default_factory=dict)
+
+
+def run_with_api(config: FederationConfig, scenario) -> LiveRun:
+    """Simulate ``config`` with its API up; ``scenario(client)`` runs against it meanwhile."""
+    from clients.client_app import app as client_app
+
+    captured: dict[str, LiveRun] = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context):
+        store = RecordingStore()
+        strategy = build_strategy(config, store=store)
+        run = LiveRun(strategy, store)
+
+        def keep_model(server_round, arrays):
+            run.models[server_round] = to_arrays(arrays)
+
+        with live_api(config, strategy):
+            strategy.start(
+                grid,
+                to_record(model_arrays(new_model(config))),
+                config.num_server_rounds,
+                600.0,
+                ConfigRecord(config.to_run_config()),
+                ConfigRecord(config.to_run_config()),
+                keep_model,
+            )
+        captured["run"] = run
+
+    driver = Driver(lambda: scenario(wait_for_api(Path(config.state_dir))))
+    driver.start()
+    run_simulation(
+        server, client_app, num_supernodes=config.num_partitions, backend_config=backend_config(2)
+    )
+    run = captured["run"]
+    run.api = driver.outcome()
+    return run
+
+
+def fedavg(before: Arrays, entries) -> Arrays:
+    total = sum(e.num_examples for e in entries.values())
+    return {
+        name: value
+        + sum(e.num_examples / total * e.pseudo_gradient[name] for e in entries.values())
+        for name, value in before.items()
+    }
+
+
+def _parts(entry):
+    return entry.pseudo_gradient, entry.num_examples
+
+
+def assert_arrays_close(actual: Arrays, expected: Arrays, atol: float = 1e-5) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], atol=atol, rtol=0, err_msg=name)
+
+
+def bad_calls(url: str, token: str) -> dict[str, httpx.Response]:
+    """Every refused input, sent over HTTP; none may queue anything."""
+    auth = {"Authorization": f"Bearer {token}"}
+    as_json = {**auth, "Content-Type": "application/json"}
+    post = f"{url}/v1/unlearning-requests"
+    valid = {"client_ids": ["1"]}
+    with httpx.Client(timeout=10.0) as http:
+        return {
+            "no token": http.post(post, json=valid),
+            "wrong token": http.post(post, json=valid, headers={"Authorization": "Bearer nope"}),
+            "unknown client": http.post(post, json={"client_ids": ["1", "9"]}, headers=auth),
+            "unknown client (int)": http.post(post, json={"client_ids": [42]}, headers=auth),
+            "malformed json": http.post(post, content=b'{"client_ids": ["1"', headers=as_json),
+            "ids not a list": http.post(post, json={"client_ids": "1"}, headers=auth),
+            "bool id": http.post(post, json={"client_ids": [True]}, headers=auth),
+            "eta a string": http.post(post, json={**valid, "eta": "big"}, headers=auth),
+            "eta zero": http.post(post, json={**valid, "eta": 0}, headers=auth),
+            "eta negative": http.post(post, json={**valid, "eta": -2.0}, headers=auth),
+            "unknown mode": http.post(post, json={**valid, "mode": "fast"}, headers=auth),
+            "unknown source": http.post(post, json={**valid, "source": "cache"}, headers=auth),
+            "no clients": http.post(post, json={"client_ids": []}, headers=auth),
+            "unknown field": http.post(post, json={**valid, "priority": 1}, headers=auth),
+            "too large": http.post(post, json={"client_ids": ["1"] * 4000}, headers=auth),
+        }
+
+
+EXPECTED_CODES = {
+    "no token": 401,
+    "wrong token": 401,
+    "unknown client": 422,
+    "unknown client (int)": 422,
+    "malformed json": 422,
+    "ids not a list": 422,
+    "bool id": 422,
+    "eta a string": 422,
+    "eta zero": 422,
+    "eta negative": 422,
+    "unknown mode": 422,
+    "unknown source": 422,
+    "no clients": 422,
+    "unknown field": 422,
+    "too large": 413,
+}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """Bad inputs in one round, forget client 1 in a later one, then a 409 for it."""
+    config = LIVE.replace(state_dir=str(tmp_path_factory.mktemp("state")))
+
+    def scenario(client: UnlearningClient) -> dict[str, Any]:
+        token = (Path(config.state_dir) / "api-token").read_text().strip()
+        bad_round = wait_for_round_start(client, at_least=2)
+        bad = {name: (r.status_code, r.json()) for name, r in bad_calls(client.url, token).items()}
+        after_bad = client.status()
+        queued_after_bad = len(SQLiteRequestQueue.in_state_dir(config.state_dir).all())
+        observed = wait_for_round_start(client, at_least=bad_round + 1)
+        submitted = client.submit(["1"])
+        applied = client.wait(submitted["request_id"], timeout=120)
+        again = httpx.post(
+            f"{client.url}/v1/unlearning-requests",
+            json={"client_ids": ["1"]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        return {
+            "bad_round": bad_round,
+            "bad": bad,
+            "after_bad": after_bad,
+            "queued_after_bad": queued_after_bad,
+            "observed_round": observed,
+            "submitted": submitted,
+            "applied": applied,
+            "again": (again.status_code, again.json()),
+            "status": client.status(),
+            "audit": client.audit_log(),
+            "queued_at_end": len(SQLiteRequestQueue.in_state_dir(config.state_dir).all()),
+        }
+
+    return run_with_api(config, scenario)
+
+
+def test_bad_input_is_refused_with_its_status_code_and_queues_nothing(live):
+    """Each bad call gets its status code; the queue stays empty; the next round is plain FedAvg."""
+    codes = {name: code for name, (code, _) in live.api["bad"].items()}
+    assert codes == EXPECTED_CODES
+    assert "9" in live.api["bad"]["unknown client"][1]["detail"]
+    assert "42" in live.api["bad"]["unknown client (int)"][1]["detail"]
+    assert live.api["queued_after_bad"] == 0
+    assert live.api["after_bad"]["pending_requests"] == []
+    assert live.api["after_bad"]["clients_forgotten"] == []
+    # the boundary after the bad calls changed the model by FedAvg of all three clients only
+    next_round = live.api["bad_round"] + 1
+    assert live.strategy.rounds[next_round - 1].phase == "train"
+    puts = live.store.put_in_round(next_round)
+    assert sorted(puts) == ["0", "1", "2"]
+    assert_arrays_close(live.models[next_round], fedavg(live.models[next_round - 1], puts))
+
+
+def test_request_posted_mid_training_is_applied_at_the_next_round_boundary(live):
+    """202 while round s trains; applied in round s + 1, as PUF-Special of the stored update."""
+    submitted, applied = live.api["submitted"], live.api["applied"]
+    s = live.api["observed_round"]
+    assert submitted["status"] == "queued" and submitted["submitted_round"] == s
+    assert applied["status"] == "applied" and applied["applied_round"] == s + 1
+    # the stored pseudo-gradient of client 1 is its update of round s
+    stored = live.store.put_in_round(s)["1"]
+    expected = {
+        name: value - 2.0 * stored.pseudo_gradient[name]
+        if name in stored.pseudo_gradient
+        else value
+        for name, value in live.models[s].items()
+    }
+    assert_arrays_close(live.models[s + 1], expected)
+    norm = np.sqrt(sum(float(np.sum((2.0 * d) ** 2)) for d in stored.pseudo_gradient.values()))
+    assert applied["update_norm"] == pytest.approx(norm, rel=1e-4)
+    assert [e.request_ids for e in live.strategy.events] == [(submitted["request_id"],)]
+
+
+def test_forgotten_client_is_excluded_afterwards(live):
+    """After the unlearning round client 1 neither trains nor is stored; 409 if asked again."""
+    t = live.api["applied"]["applied_round"]
+    later = live.strategy.rounds[t:]
+    assert later and all(r.participants == ["0", "2"] for r in later)
+    assert max(e.server_round for cid, e in live.store.puts if cid == "1") == t - 1
+    assert live.store.latest("1") is None
+    status = live.api["status"]
+    assert status["clients_forgotten"] == ["1"]
+    assert status["pseudo_gradients"]["count"] == 2
+    model_bytes = sum(a.nbytes for a in live.models[0].values() if a.dtype.kind == "f")
+    assert status["pseudo_gradients"]["bytes"] == 2 * model_bytes
+    code, body = live.api["again"]
+    assert code == 409 and "client 1" in body["detail"]
+    assert live.api["queued_at_end"] == 1
+    assert [(e["server_round"], e["client_ids"]) for e in live.api["audit"]] == [(t, ["1"])]
+
+
+def test_two_requests_in_one_round_are_applied_in_one_step(tmp_path):
+    """Two requests posted while round s trains: one PUF step in round s + 1 (real ServerApp)."""
+    config = LIVE.replace(
+        num_partitions=4,
+        num_server_rounds=5,
+        state_dir=str(tmp_path / "state"),
+        out_dir=str(tmp_path / "out"),
+    )
+
+    def scenario(client: UnlearningClient) -> dict[str, Any]:
+        observed = wait_for_round_start(client, at_least=2)
+        first, second = client.submit(["1"]), client.submit([2])
+        return {
+            "observed": observed,
+            "requests": [client.wait(r["request_id"], timeout=120) for r in (first, second)],
+            "audit": client.audit_log(),
+        }
+
+    driver = Driver(lambda: scenario(wait_for_api(Path(config.state_dir))))
+    driver.start()
+    simulate(config, num_cpus=2)
+    api = driver.outcome()
+
+    s = api["observed"]
+    assert [r["applied_round"] for r in api["requests"]] == [s + 1, s + 1]
+    events = json.loads((tmp_path / "out" / EVENTS_FILE).read_text())
+    assert len(events) == 1
+    assert events[0]["clients"] == ["1", "2"]
+    assert events[0]["request_ids"] == [r["request_id"] for r in api["requests"]]
+    assert [e["server_round"] for e in api["audit"]] == [s + 1, s + 1]
+    assert {e["update_norm"] for e in api["audit"]} == {events[0]["update_norm"]}
+    history = json.loads((tmp_path / "out" / HISTORY_FILE).read_text())
+    phases = {h["round"]: (h["phase"], h["participants"]) for h in history}
+    assert phases[s + 1] == ("unlearn", [])
+    assert all(phases[r] == ("recover", ["0", "3"]) for r in range(s + 2, 6))
+    assert not (Path(config.state_dir) / "api.json").exists()  # removed on a clean stop

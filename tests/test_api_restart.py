@@ -1,0 +1,101 @@
+"""Durability: a request queued before the server process dies is applied once after restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from api_support import wait_for_api, wait_for_round_start
+
+from fedforget.api.sqlite_queue import SQLiteRequestQueue
+from fedforget.config import FederationConfig
+from fedforget.federation import EVENTS_FILE, HISTORY_FILE, REQUESTS_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER = (
+    "import json, sys\n"
+    "from fedforget.config import FederationConfig\n"
+    "from fedforget.simulation import simulate\n"
+    "simulate(FederationConfig.from_run_config(json.loads(sys.argv[1])), num_cpus=2)\n"
+)
+
+
+def start_server(config: FederationConfig) -> subprocess.Popen[bytes]:
+    """The federation (ServerApp, API, Ray) in its own process group."""
+    return subprocess.Popen(
+        [sys.executable, "-c", SERVER, json.dumps(config.to_run_config())],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def test_queued_request_survives_a_crash_and_is_applied_exactly_once(tmp_path):
+    """SIGKILL after the 202; the restarted run applies it once; a third run never uses client 1."""
+    state = tmp_path / "state"
+    base = FederationConfig(
+        num_partitions=3,
+        local_epochs=3,
+        num_server_rounds=40,
+        unlearn_at_round=0,
+        api_enabled=True,
+        state_dir=str(state),
+        progress=False,
+    )
+    # run 1: killed right after the request was accepted, before any boundary could apply it
+    server = start_server(base)
+    try:
+        client = wait_for_api(state)
+        wait_for_round_start(client, at_least=2)
+        accepted = client.submit(["1"], idempotency_key="forget-1")
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+    request_id = accepted["request_id"]
+    survived = SQLiteRequestQueue.in_state_dir(state).get(request_id)
+    assert survived is not None and survived.status == "queued"
+
+    # run 2: same state directory; the request is applied at the first boundary it can be
+    second = base.replace(num_server_rounds=4, out_dir=str(tmp_path / "run2"))
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", SERVER, json.dumps(second.to_run_config())],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            timeout=300,
+        ).returncode
+        == 0
+    )
+    events = json.loads((tmp_path / "run2" / EVENTS_FILE).read_text())
+    assert [(e["server_round"], e["clients"], e["request_ids"]) for e in events] == [
+        (2, ["1"], [request_id])
+    ]
+    history = json.loads((tmp_path / "run2" / HISTORY_FILE).read_text())
+    assert [h["participants"] for h in history if h["round"] > 2] == [["0", "2"], ["0", "2"]]
+
+    # run 3: client 1 stays forgotten; nothing is applied again
+    third = base.replace(num_server_rounds=2, out_dir=str(tmp_path / "run3"))
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", SERVER, json.dumps(third.to_run_config())],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            timeout=300,
+        ).returncode
+        == 0
+    )
+    assert json.loads((tmp_path / "run3" / EVENTS_FILE).read_text()) == []
+    history = json.loads((tmp_path / "run3" / HISTORY_FILE).read_text())
+    assert [h["participants"] for h in history if h["round"] > 0] == [["0", "2"], ["0", "2"]]
+    requests = json.loads((tmp_path / "run3" / REQUESTS_FILE).read_text())
+    assert [(r["request_id"], r["status"], r["applied_round"]) for r in requests] == [
+        (request_id, "applied", 2)
+    ]
