@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 
 from fedforget.config import FederationConfig
 from fedforget.strategy import IDENTITY_RECORD, PARTITION_ID_KEY
-from fedforget.task import evaluate_client, new_model, train_client
+from fedforget.task import evaluate_client, new_model, score_name, train_client
 
 app = ClientApp()
 
@@ -69,11 +69,12 @@ def evaluate(message: Message, context: Context) -> Message:
     config = task_config(message)
     model = new_model(config)
     model.load_state_dict(message.content["arrays"].to_torch_state_dict())
-    loss, accuracy, num_examples = evaluate_client(config, partition_id(context), model)
+    loss, score, num_examples = evaluate_client(config, partition_id(context), model)
+    score_key = "eval-acc" if score_name(config) == "accuracy" else "eval-dice"
     content = RecordDict(
         {
             "metrics": MetricRecord(
-                {"eval-loss": loss, "eval-acc": accuracy, "num-examples": num_examples}
+                {"eval-loss": loss, score_key: score, "num-examples": num_examples}
             ),
             IDENTITY_RECORD: identity(context),
         }

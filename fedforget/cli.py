@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dataset", help="shortcut for --run-config dataset=NAME")
     run.add_argument(
+        "--data-dir",
+        help="shortcut for --run-config data-dir=PATH (also next to a .toml file, which "
+        "flwr's syntax does not combine with key=value pairs)",
+    )
+    run.add_argument(
         "--recovery-stop",
         choices=("retrain-acc", "budget"),
         default="retrain-acc",
@@ -60,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default), or run the whole num-server-rounds budget",
     )
     run.add_argument("--num-cpus", type=int, help="CPUs for Ray (default: all)")
+    run.add_argument(
+        "--num-gpus",
+        type=float,
+        help="GPU share of each virtual client, e.g. 0.25 = four clients per GPU "
+        "(default: 0.25 when a GPU is visible, else 0)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
     add_unlearn_parser(commands)
     return parser
@@ -73,6 +84,8 @@ def command_run(args: argparse.Namespace) -> int:
     overrides = parse_run_config(args.run_config)
     if args.dataset:
         overrides["dataset"] = args.dataset
+    if args.data_dir:
+        overrides["data-dir"] = args.data_dir
     config = FederationConfig.from_run_config(overrides)
     out_dir = Path(args.out)
     print(
@@ -81,7 +94,7 @@ def command_run(args: argparse.Namespace) -> int:
         f"(PUF-{config.unlearn_mode}, {config.unlearn_source}); output in {out_dir}",
         flush=True,
     )
-    results = run_experiment(config, out_dir, args.recovery_stop, args.num_cpus)
+    results = run_experiment(config, out_dir, args.recovery_stop, args.num_cpus, args.num_gpus)
     print()
     print(format_table(results))
     print(f"\nresults: {out_dir / 'results.json'} ({results['timing']['total_s']:.0f} s)")

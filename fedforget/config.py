@@ -14,8 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, cast
 
-DATASETS = ("digits", "fashion-mnist")
-PARTITIONERS = ("dirichlet", "iid")
+DATASETS = (
+    "digits",
+    "fashion-mnist",
+    "cifar10",
+    "cifar100",
+    "cifar10-standin",
+    "cifar100-standin",
+    "prostate",
+    "prostate-synthetic",
+)
+PARTITIONERS = ("dirichlet", "iid", "file", "natural")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
 UNLEARN_MODES = ("special", "regular")
 PSEUDO_GRADIENT_SOURCES = ("stored", "fresh")
 
@@ -83,6 +94,15 @@ class FederationConfig:
     api_token_file: str = ""
     api_token_env: str = "FEDFORGET_API_TOKEN"
     state_dir: str = ""
+    # --- workloads (CIFAR, ProstateMRI; docs/puf-reference) -----------------
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    augment: bool = False
+    image_size: int = 0
+    pretrained_weights: str = ""
+    partition_file: str = ""
+    download: bool = False
+    device: str = "auto"
 
     @staticmethod
     def key(attribute: str) -> str:
@@ -158,6 +178,23 @@ class FederationConfig:
         _one_of("partitioner", self.partitioner, PARTITIONERS)
         _one_of("unlearn-mode", self.unlearn_mode, UNLEARN_MODES)
         _one_of("unlearn-source", self.unlearn_source, PSEUDO_GRADIENT_SOURCES)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ConfigError(
+                f"device must be one of {', '.join(DEVICES)} or cuda:<index>; got {self.device!r}"
+            )
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight-decay must be >= 0, got {self.weight_decay}")
+        if self.image_size < 0:
+            raise ConfigError(
+                f"image-size must be >= 0 (0 = the dataset's default), got {self.image_size}"
+            )
+        if self.partitioner == "file" and not self.partition_file:
+            raise ConfigError(
+                "partitioner='file' needs partition-file: a packaged split such as "
+                "'cifar10_dirichlet0.3_clients10' or the path of a JSON file "
+                '{"<client id>": [train index, ...]}'
+            )
         _positive("alpha", self.alpha)
         _positive("eta-special", self.eta_special)
         _positive("eta-regular", self.eta_regular)

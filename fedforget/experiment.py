@@ -6,8 +6,9 @@
    before the request is the "original"), forget the targets with PUF in the
    next round, then recover with the remaining clients until the test accuracy
    reaches the retrained model's (``--recovery-stop retrain-acc``, the paper's
-   rule) or for the whole budget (``budget``); ``num-server-rounds`` caps it.
-3. Evaluate all three models (test / forget / retain accuracy, Yeom MIA) and
+   rule; Dice for segmentation) or for the whole budget (``budget``);
+   ``num-server-rounds`` caps it.
+3. Evaluate all three models (test / forget / retain accuracy or Dice, Yeom MIA) and
    write ``results.json``, ``methods.csv`` and ``history.csv``.
 """
 
@@ -31,6 +32,7 @@ from fedforget.metrics import evaluate_unlearning
 from fedforget.results import gaps_to_reference, write_results
 from fedforget.simulation import simulate
 from fedforget.task import model_with
+from fedforget.training import resolve_device
 
 RECOVERY_STOPS = ("retrain-acc", "budget")
 
@@ -40,6 +42,7 @@ def run_experiment(
     out_dir: Path,
     recovery_stop: str = "retrain-acc",
     num_cpus: int | None = None,
+    num_gpus: float | None = None,
 ) -> dict[str, Any]:
     """Run the main job and return (and write) its results."""
     if recovery_stop not in RECOVERY_STOPS:
@@ -63,17 +66,18 @@ def run_experiment(
         api_enabled=False,
         state_dir="",
     )
-    simulate(retrain_config, num_cpus)
+    simulate(retrain_config, num_cpus, num_gpus=num_gpus)
     retrain_model = model_with(config, read_arrays(runs / "retrain" / FINAL_MODEL_FILE))
     federated = load_federated_data(config)
-    retrain = evaluate_unlearning(retrain_model, federated, targets, config.excluded)
+    device = resolve_device(config.device)
+    retrain = evaluate_unlearning(retrain_model, federated, targets, config.excluded, device)
     retrain_s = time.monotonic() - started
 
     puf_config = config.replace(
-        recovery_target_acc=retrain.test_acc if recovery_stop == "retrain-acc" else 0.0,
+        recovery_target_acc=retrain.test_score if recovery_stop == "retrain-acc" else 0.0,
         out_dir=str(runs / "puf"),
     )
-    simulate(puf_config, num_cpus)
+    simulate(puf_config, num_cpus, num_gpus=num_gpus)
     puf_dir = runs / "puf"
     events = json.loads((puf_dir / EVENTS_FILE).read_text())
     if not events:
@@ -82,13 +86,13 @@ def run_experiment(
         )
     original_model = model_with(config, read_arrays(puf_dir / ORIGINAL_MODEL_FILE))
     puf_model = model_with(config, read_arrays(puf_dir / FINAL_MODEL_FILE))
-    original = evaluate_unlearning(original_model, federated, targets, config.excluded)
-    puf = evaluate_unlearning(puf_model, federated, targets, config.excluded)
+    original = evaluate_unlearning(original_model, federated, targets, config.excluded, device)
+    puf = evaluate_unlearning(puf_model, federated, targets, config.excluded, device)
 
     puf_history = json.loads((puf_dir / HISTORY_FILE).read_text())
     retrain_history = json.loads((runs / "retrain" / HISTORY_FILE).read_text())
     last_round = puf_history[-1]["round"]
-    recovered = puf.test_acc >= retrain.test_acc
+    recovered = puf.test_score >= retrain.test_score
     methods = {
         "original": original.as_dict(),
         "puf": {

@@ -7,7 +7,6 @@ import os
 
 from fedforget.config import FederationConfig
 
-
 DEFAULT_GPU_SHARE = 0.25  # four virtual clients train on one GPU at a time
 
 
@@ -23,6 +22,7 @@ def backend_config(
     num_gpus : float | None (default: None)
         GPU share of each virtual client (fractional: 0.25 = four clients per
         GPU); None = 0.25 when a GPU is visible, else 0 (CPU only).
+
     """
     import torch
 

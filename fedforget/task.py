@@ -15,17 +15,33 @@ from torch import nn
 
 from fedforget.config import FederationConfig
 from fedforget.data import FederatedData, load_federated_data
-from fedforget.models import build_model
+from fedforget.data.augment import get_augmentation
+from fedforget.models import build_model, load_pretrained
 from fedforget.puf import Arrays
-from fedforget.training import evaluate, train
+from fedforget.training import evaluate_task, resolve_device, train
+
+SCORE_NAMES = {"classification": "accuracy", "segmentation": "dice"}
+
+
+def task_type(config: FederationConfig) -> str:
+    """``"classification"`` or ``"segmentation"``: what the config's dataset declares."""
+    return load_federated_data(config).data.task
+
+
+def score_name(config: FederationConfig) -> str:
+    """The headline score of the task: ``"accuracy"`` or ``"dice"`` (with background)."""
+    return SCORE_NAMES[task_type(config)]
 
 
 def new_model(config: FederationConfig, federated: FederatedData | None = None) -> nn.Module:
     """The config's model with its seeded initial weights."""
     federated = federated or load_federated_data(config)
-    return build_model(
+    model = build_model(
         config.model, federated.data.input_shape, federated.data.num_classes, config.seed
     )
+    if config.pretrained_weights:
+        load_pretrained(model, config.pretrained_weights)
+    return model
 
 
 def model_with(config: FederationConfig, arrays: Mapping[str, np.ndarray]) -> nn.Module:
@@ -56,14 +72,20 @@ def train_client(
             f"check the SuperNode's --node-config and num-partitions"
         )
     index = torch.from_numpy(federated.partitions[partition_id])
+    data = federated.data
     loss = train(
         model,
-        federated.data.train_x[index],
-        federated.data.train_y[index],
+        data.train_x[index],
+        data.train_y[index],
         epochs=config.local_epochs,
         batch_size=config.batch_size,
         lr=config.lr_at(server_round),
         seed=client_seed(config, server_round, partition_id),
+        task=data.task,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        augmentation=get_augmentation(data.augmentation) if config.augment else None,
+        device=resolve_device(config.device),
     )
     return loss, len(index)
 
@@ -71,14 +93,28 @@ def train_client(
 def evaluate_client(
     config: FederationConfig, partition_id: int, model: nn.Module
 ) -> tuple[float, float, int]:
-    """Loss and accuracy of ``model`` on one client's training partition."""
+    """Loss and score (accuracy, or Dice for segmentation) on one client's training data."""
     federated = load_federated_data(config)
     index = torch.from_numpy(federated.partitions[partition_id])
-    loss, accuracy = evaluate(model, federated.data.train_x[index], federated.data.train_y[index])
-    return loss, accuracy, len(index)
+    data = federated.data
+    metrics = evaluate_task(
+        model, data.train_x[index], data.train_y[index], data.task, resolve_device(config.device)
+    )
+    return metrics["loss"], metrics[SCORE_NAMES[data.task]], len(index)
 
 
-def evaluate_global(config: FederationConfig, arrays: Mapping[str, np.ndarray]) -> tuple[float, float]:
-    """Loss and accuracy of a global model on the held-out test set."""
-    federated = load_federated_data(config)
-    return evaluate(model_with(config, arrays), federated.data.test_x, federated.data.test_y)
+def evaluate_global_metrics(
+    config: FederationConfig, arrays: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """A global model on the test set: ``loss`` and ``accuracy``, or ``dice`` and ``dice_fg``."""
+    data = load_federated_data(config).data
+    model = model_with(config, arrays)
+    return evaluate_task(model, data.test_x, data.test_y, data.task, resolve_device(config.device))
+
+
+def evaluate_global(
+    config: FederationConfig, arrays: Mapping[str, np.ndarray]
+) -> tuple[float, float]:
+    """Loss and score (accuracy, or Dice for segmentation) of a global model on the test set."""
+    metrics = evaluate_global_metrics(config, arrays)
+    return metrics["loss"], metrics[score_name(config)]

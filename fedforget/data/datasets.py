@@ -9,6 +9,16 @@
   (Debian's ``dataset-fashion-mnist`` puts them in
   ``/usr/share/datasets/fashion-mnist``), which are unpacked once into the cache
   folder ``$FEDFORGET_CACHE`` (default ``~/.cache/fedforget``).
+* ``cifar10`` / ``cifar100``: torchvision's python pickles from ``data-dir``
+  (:mod:`fedforget.data.cifar`); ``cifar10-standin`` / ``cifar100-standin``:
+  the digits drawn as 32x32 colour images in the same on-disk format, read by
+  the same loader (offline stand-ins).
+* ``prostate``: the 6-site ProstateMRI NIfTI layout (SAML/HarmoFL), one client
+  per site, a segmentation task (:mod:`fedforget.data.prostate`);
+  ``prostate-synthetic``: MONAI-generated volumes written in that layout.
+
+Every loader is called as ``loader(data_dir, test_fraction, seed, *,
+image_size=0, download=False)``; ``image_size`` 0 means the dataset's default.
 """
 
 from __future__ import annotations
@@ -18,16 +28,19 @@ import gzip
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from fedforget.config import FederationConfig
+from fedforget.data.cifar import load_cifar_split, load_cifar_standin_split
 from fedforget.data.partition import partition_indices
+from fedforget.data.prostate import load_prostate_split, load_prostate_synthetic_split
+from fedforget.data.split import SplitDataset
 
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (
@@ -36,23 +49,6 @@ FASHION_MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-@dataclass(frozen=True)
-class SplitDataset:
-    """A train/test split as tensors: images ``(N, C, H, W)`` float32, labels int64."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(channels, height, width)`` of one image."""
-        c, h, w = self.train_x.shape[1:]
-        return int(c), int(h), int(w)
 
 
 @dataclass(frozen=True)
@@ -78,9 +74,27 @@ def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
     return (train - mean) / std, (test - mean) / std
 
 
-def load_digits_split(data_dir: str, test_fraction: float, seed: int) -> SplitDataset:
+class DatasetLoader(Protocol):
+    """What a registered dataset loader looks like."""
+
+    def __call__(
+        self,
+        data_dir: str,
+        test_fraction: float,
+        seed: int,
+        *,
+        image_size: int = 0,
+        download: bool = False,
+    ) -> SplitDataset:
+        """Load the dataset (``image_size`` 0 = its default size)."""
+        ...
+
+
+def load_digits_split(
+    data_dir: str, test_fraction: float, seed: int, *, image_size: int = 0, download: bool = False
+) -> SplitDataset:
     """scikit-learn's digits, stratified train/test split under ``seed``."""
-    del data_dir  # shipped with scikit-learn
+    del data_dir, image_size, download  # shipped with scikit-learn, 8x8
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -126,9 +140,11 @@ def fashion_mnist_root(data_dir: str) -> Path:
     return root
 
 
-def load_fashion_mnist_split(data_dir: str, test_fraction: float, seed: int) -> SplitDataset:
+def load_fashion_mnist_split(
+    data_dir: str, test_fraction: float, seed: int, *, image_size: int = 0, download: bool = False
+) -> SplitDataset:
     """Fashion-MNIST's official split through ``torchvision.datasets.FashionMNIST``."""
-    del test_fraction, seed  # the official test set is used
+    del test_fraction, seed, image_size, download  # the official test set is used
     from torchvision.datasets import FashionMNIST
 
     root = str(fashion_mnist_root(data_dir))
@@ -140,13 +156,27 @@ def load_fashion_mnist_split(data_dir: str, test_fraction: float, seed: int) -> 
     return SplitDataset(train_x, train.targets.long(), test_x, test.targets.long(), 10)
 
 
-DATASET_LOADERS: dict[str, Callable[[str, float, int], SplitDataset]] = {
+DATASET_LOADERS: dict[str, DatasetLoader] = {
     "digits": load_digits_split,
     "fashion-mnist": load_fashion_mnist_split,
+    "cifar10": functools.partial(load_cifar_split, "cifar10"),
+    "cifar100": functools.partial(load_cifar_split, "cifar100"),
+    "cifar10-standin": functools.partial(load_cifar_standin_split, "cifar10"),
+    "cifar100-standin": functools.partial(load_cifar_standin_split, "cifar100"),
+    "prostate": load_prostate_split,
+    "prostate-synthetic": load_prostate_synthetic_split,
 }
 
 
-def load_dataset(name: str, data_dir: str = "", test_fraction: float = 0.2, seed: int = 0) -> SplitDataset:
+def load_dataset(
+    name: str,
+    data_dir: str = "",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    image_size: int = 0,
+    download: bool = False,
+) -> SplitDataset:
     """Load a registered dataset by name."""
     try:
         loader = DATASET_LOADERS[name]
@@ -154,7 +184,7 @@ def load_dataset(name: str, data_dir: str = "", test_fraction: float = 0.2, seed
         raise ValueError(
             f"unknown dataset {name!r}: choose one of {', '.join(DATASET_LOADERS)}"
         ) from None
-    return loader(data_dir, test_fraction, seed)
+    return loader(data_dir, test_fraction, seed, image_size=image_size, download=download)
 
 
 @functools.lru_cache(maxsize=4)
@@ -167,10 +197,30 @@ def _federated_data(
     alpha: float,
     min_partition_size: int,
     seed: int,
+    image_size: int = 0,
+    download: bool = False,
+    partition_file: str = "",
 ) -> FederatedData:
-    data = load_dataset(dataset, data_dir, test_fraction, seed)
+    data = load_dataset(
+        dataset, data_dir, test_fraction, seed, image_size=image_size, download=download
+    )
+    if data.task != "classification" and partitioner == "dirichlet":
+        raise ValueError(
+            f"dataset {dataset!r} is a {data.task} task without class labels to skew: "
+            f"use partitioner='natural' (one client per site) or 'iid'"
+        )
+    labels = data.train_y.numpy() if data.task == "classification" else np.zeros(
+        len(data.train_y), dtype=np.int64
+    )
     partitions = partition_indices(
-        data.train_y.numpy(), num_partitions, partitioner, alpha, min_partition_size, seed
+        labels,
+        num_partitions,
+        partitioner,
+        alpha,
+        min_partition_size,
+        seed,
+        groups=None if data.train_groups is None else data.train_groups.numpy(),
+        partition_file=partition_file,
     )
     return FederatedData(data, tuple(partitions))
 
@@ -186,4 +236,7 @@ def load_federated_data(config: FederationConfig) -> FederatedData:
         config.alpha,
         config.min_partition_size,
         config.seed,
+        config.image_size,
+        config.download,
+        config.partition_file,
     )
