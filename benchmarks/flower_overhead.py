@@ -12,15 +12,16 @@ both, from round 2 on, and the overhead in percent.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import platform
 import tempfile
 import time
 from multiprocessing import get_context
 from pathlib import Path
 
 import torch
+from record import report
 
 from fedforget.config import FederationConfig
 from fedforget.federation import HISTORY_FILE
@@ -59,7 +60,7 @@ def flower_round_times(config: FederationConfig, processes: int) -> list[float]:
         simulate(config.replace(out_dir=out), num_cpus=processes)
         history = json.loads((Path(out) / HISTORY_FILE).read_text())
     elapsed = [record["elapsed_s"] for record in history]
-    return [b - a for a, b in zip(elapsed, elapsed[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(elapsed)]
 
 
 def main() -> None:
@@ -74,19 +75,14 @@ def main() -> None:
     local = local_round_times(config, args.rounds, args.processes)[1:]
     flower_mean, local_mean = sum(flower) / len(flower), sum(local) / len(local)
     record = {
-        "benchmark": "flower_overhead",
         "config": "default digits federation, 10 clients, 5 local epochs, no unlearning",
         "rounds_measured": f"2..{args.rounds}",
         "processes": args.processes,
         "flower_round_s": round(flower_mean, 4),
         "local_round_s": round(local_mean, 4),
         "overhead_pct": round(100 * (flower_mean / local_mean - 1), 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
-    print(json.dumps(record, indent=2))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "flower_overhead.json").write_text(json.dumps(record, indent=2) + "\n")
+    report("flower_overhead", record, args.out)
 
 
 if __name__ == "__main__":

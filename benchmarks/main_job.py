@@ -1,19 +1,19 @@
 """Wall time of the default main job (`fedforget run`), as a user runs it.
 
-    python benchmarks/main_job.py [--out benchmarks/results]
+python benchmarks/main_job.py [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from record import report
 
 TARGET_S = 300.0
 
@@ -33,18 +33,13 @@ def main() -> None:
         wall = time.perf_counter() - start
         results = json.loads((Path(run_dir) / "results.json").read_text())
     record = {
-        "benchmark": "main_job",
         "command": "fedforget run (defaults)",
         "wall_s": round(wall, 1),
         "target_s": TARGET_S,
         "within_target": wall <= TARGET_S,
         "methods": results["methods"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
-    print(json.dumps(record, indent=2))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "main_job.json").write_text(json.dumps(record, indent=2) + "\n")
+    report("main_job", record, args.out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedforget.api.cli import add_unlearn_parser, command_unlearn
+from fedforget.deploy_cli import add_deploy_parser, command_deploy
 from fedforget.config import ConfigError, FederationConfig
 
 DEFAULT_OUT = "runs/latest"
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
     add_unlearn_parser(commands)
+    add_deploy_parser(commands)
     return parser
 
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedforget`` command."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_run(args)
         if args.command == "unlearn":
             return command_unlearn(args)
+        if args.command == "deploy":
+            return command_deploy(args)
     except (ConfigError, FileNotFoundError) as error:
         print(f"fedforget: error: {error}", file=sys.stderr)
         return 2

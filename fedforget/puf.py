@@ -95,6 +95,7 @@ def puf_update(
         On an unknown mode, ``eta <= 0``, no targets, a client both in targets
         and remaining, non-positive example counts, remaining clients in special
         mode, or pseudo-gradients whose keys or shapes differ from the model's.
+
     """
     remaining = dict(remaining or {})
     _check_arguments(global_arrays, targets, remaining, mode, eta)
@@ -120,7 +121,7 @@ def puf_update(
         step = np.zeros(value.shape, dtype=np.float64)
         if name in statistics:
             # FedAvg of the remaining clients only; never negated.
-            for cid, contribution in remaining.items():
+            for contribution in remaining.values():
                 weight = contribution.num_examples / remaining_total
                 step += weight * np.asarray(contribution.pseudo_gradient[name], np.float64)
         else:

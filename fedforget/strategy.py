@@ -114,6 +114,7 @@ class RoundSummary:
     server_round: int
     phase: str  # "train", "unlearn" or "recover"
     participants: list[str]
+    contributors: list[str] = field(default_factory=list)
     rejected_replies: int = 0
 
 
@@ -273,7 +274,9 @@ class PUFStrategy(FedAvg):
             nodes = trainers + (targets if step.source == "fresh" else [])
             phase = "unlearn"
         self.rounds.append(
-            RoundSummary(server_round, phase, sorted(self.node_clients[n] for n in nodes))
+            RoundSummary(
+                server_round, phase, sorted((self.node_clients[n] for n in nodes), key=_natural)
+            )
         )
         logger.info("configure_train: round %s (%s), %s clients", server_round, phase, len(nodes))
         config["server-round"] = server_round
@@ -291,6 +294,7 @@ class PUFStrategy(FedAvg):
             if client_id not in targets:
                 self.store.put(client_id, StoredPseudoGradient(delta, count, server_round))
         remaining = {cid: v for cid, v in accepted.items() if cid not in targets}
+        self.rounds[-1].contributors = sorted(accepted, key=_natural)
         if step is None:
             if not remaining:
                 return None, None

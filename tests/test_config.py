@@ -53,7 +53,9 @@ def test_lr_schedule():
     assert config.lr_at(3) == pytest.approx(0.1 * 0.998**2)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.name
+)
 def test_every_experiment_configuration_is_valid(path):
     """Each file in experiments/ is a run config fedforget accepts."""
     from fedforget.cli import parse_run_config

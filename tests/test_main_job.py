@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,7 +34,9 @@ def test_main_job_writes_results_json_and_csv(tmp_path):
     done = fedforget("run", "--out", str(out), "--run-config", SMALL)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["config"]["num-server-rounds"] == 5 and results["config"]["unlearn-clients"] == "0"
+    assert (
+        results["config"]["num-server-rounds"] == 5 and results["config"]["unlearn-clients"] == "0"
+    )
     methods = results["methods"]
     assert set(methods) == {"original", "puf", "retrain"}
     for values in methods.values():
@@ -90,13 +93,21 @@ def test_flwr_run_runs_the_apps_with_puf(tmp_path):
     try:
         done = subprocess.run(
             [
-                flwr, "run", ".",
-                "--run-config", f"num-partitions=3 num-server-rounds=3 unlearn-at-round=2 "
+                flwr,
+                "run",
+                ".",
+                "--run-config",
+                f"num-partitions=3 num-server-rounds=3 unlearn-at-round=2 "
                 f"local-epochs=1 unlearn-clients='2' out-dir='{out}'",
-                "--federation-config", "num-supernodes=3",
+                "--federation-config",
+                "num-supernodes=3",
                 "--stream",
             ],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     finally:
         _stop_processes_using(flwr_home)
@@ -118,7 +129,5 @@ def _stop_processes_using(path: Path) -> None:
         except OSError:
             continue
         if str(path) in cmdline:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(proc.name), signal.SIGTERM)
-            except ProcessLookupError:
-                pass

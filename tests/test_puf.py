@@ -25,14 +25,19 @@ def contribution(weight_delta, var_delta, n):
 
 def test_special_one_target_is_w_minus_eta_delta():
     """One target, PUF-Special: w - 2 * Delta."""
-    new = puf_update(W, {"a": contribution([0.5, -1.0, 0.25], [0.4, 0.4], 10)}, mode="special", eta=2.0)
+    new = puf_update(
+        W, {"a": contribution([0.5, -1.0, 0.25], [0.4, 0.4], 10)}, mode="special", eta=2.0
+    )
     np.testing.assert_allclose(new["conv.weight"], [0.0, 4.0, 2.5])
     assert new["conv.weight"].dtype == np.float32
 
 
 def test_special_several_targets_weighted_by_examples():
     """Two targets with 1 and 3 examples: weights 1/4 and 3/4."""
-    targets = {"a": contribution([4.0, 0.0, 0.0], [0, 0], 1), "b": contribution([0.0, 4.0, 8.0], [0, 0], 3)}
+    targets = {
+        "a": contribution([4.0, 0.0, 0.0], [0, 0], 1),
+        "b": contribution([0.0, 4.0, 8.0], [0, 0], 3),
+    }
     new = puf_update(W, targets, mode="special", eta=2.0)
     # 1 - 2*(0.25*4) = -1 ; 2 - 2*(0.75*4) = -4 ; 3 - 2*(0.75*8) = -9
     np.testing.assert_allclose(new["conv.weight"], [-1.0, -4.0, -9.0])
@@ -40,17 +45,25 @@ def test_special_several_targets_weighted_by_examples():
 
 def test_regular_folds_negated_targets_into_fedavg():
     """N = 2 + 6 + 2; remaining step + (-eta * n_u / N) * Delta_u."""
-    remaining = {"r1": contribution([1.0, 1.0, 1.0], [0.5, 0.5], 2), "r2": contribution([0.0, 2.0, 0.0], [1.5, 1.5], 6)}
+    remaining = {
+        "r1": contribution([1.0, 1.0, 1.0], [0.5, 0.5], 2),
+        "r2": contribution([0.0, 2.0, 0.0], [1.5, 1.5], 6),
+    }
     targets = {"u": contribution([1.0, 0.0, -1.0], [9.0, 9.0], 2)}
     new = puf_update(W, targets, mode="regular", eta=20.0, remaining=remaining)
     # remaining: 0.2*[1,1,1] + 0.6*[0,2,0] = [0.2, 1.4, 0.2]; target: -20*0.2*[1,0,-1] = [-4, 0, 4]
-    np.testing.assert_allclose(new["conv.weight"], [1.0 + 0.2 - 4.0, 2.0 + 1.4, 3.0 + 0.2 + 4.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        new["conv.weight"], [1.0 + 0.2 - 4.0, 2.0 + 1.4, 3.0 + 0.2 + 4.0], rtol=1e-6
+    )
 
 
 def test_regular_several_targets():
     """Two targets and one remaining client: N = 1 + 1 + 2."""
     remaining = {"r": contribution([2.0, 2.0, 2.0], [0, 0], 2)}
-    targets = {"u1": contribution([1.0, 0.0, 0.0], [0, 0], 1), "u2": contribution([0.0, 1.0, 0.0], [0, 0], 1)}
+    targets = {
+        "u1": contribution([1.0, 0.0, 0.0], [0, 0], 1),
+        "u2": contribution([0.0, 1.0, 0.0], [0, 0], 1),
+    }
     new = puf_update(W, targets, mode="regular", eta=4.0, remaining=remaining)
     # remaining 0.5*2 = 1 each; targets -4*0.25 on entries 0 and 1
     np.testing.assert_allclose(new["conv.weight"], [1.0 + 1.0 - 1.0, 2.0 + 1.0 - 1.0, 3.0 + 1.0])
@@ -63,7 +76,10 @@ def test_integer_buffers_untouched_and_statistics_never_negated():
     np.testing.assert_array_equal(special["bn.running_var"], [1.0, 1.0])
     assert special["bn.num_batches_tracked"] == 7
     assert special["bn.num_batches_tracked"].dtype == np.int64
-    remaining = {"r1": contribution([0, 0, 0], [1.0, 1.0], 1), "r2": contribution([0, 0, 0], [3.0, 3.0], 3)}
+    remaining = {
+        "r1": contribution([0, 0, 0], [1.0, 1.0], 1),
+        "r2": contribution([0, 0, 0], [3.0, 3.0], 3),
+    }
     regular = puf_update(
         W, targets, mode="regular", eta=20.0, remaining=remaining, statistic_keys={"bn.running_var"}
     )
@@ -87,7 +103,10 @@ def test_inputs_are_not_modified():
     [
         ({"mode": "bogus", "eta": 2.0}, "mode must be one of"),
         ({"mode": "special", "eta": 0.0}, "eta must be > 0"),
-        ({"mode": "special", "eta": 2.0, "remaining": {"r": contribution([0, 0, 0], [0, 0], 1)}}, "only with mode='regular'"),
+        (
+            {"mode": "special", "eta": 2.0, "remaining": {"r": contribution([0, 0, 0], [0, 0], 1)}},
+            "only with mode='regular'",
+        ),
     ],
 )
 def test_invalid_arguments_raise(kwargs, message):
@@ -96,7 +115,9 @@ def test_invalid_arguments_raise(kwargs, message):
 
 
 def test_wrong_shape_and_empty_targets_raise():
-    bad = Contribution({"conv.weight": np.zeros(4, np.float32), "bn.running_var": np.zeros(2, np.float32)}, 1)
+    bad = Contribution(
+        {"conv.weight": np.zeros(4, np.float32), "bn.running_var": np.zeros(2, np.float32)}, 1
+    )
     with pytest.raises(ValueError, match="shape"):
         puf_update(W, {"a": bad}, mode="special", eta=2.0)
     with pytest.raises(ValueError, match="targets is empty"):

@@ -6,7 +6,9 @@ from fedforget.store import InMemoryPseudoGradientStore, PseudoGradientStore, St
 
 
 def entry(value, round_):
-    return StoredPseudoGradient({"w": np.full(4, value, np.float32)}, num_examples=5, server_round=round_)
+    return StoredPseudoGradient(
+        {"w": np.full(4, value, np.float32)}, num_examples=5, server_round=round_
+    )
 
 
 def test_keeps_only_the_latest_and_erases():

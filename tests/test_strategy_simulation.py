@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from harness import TINY, simulate_strategy
 
 from clients import client_app as real
 from fedforget.puf import Contribution, puf_update
 from fedforget.requests import UnlearningRequest
 from fedforget.strategy import to_record
 from fedforget.task import model_arrays, model_with, train_client
-
-from harness import TINY, simulate_strategy
 
 # Ray workers cannot import this test module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -25,7 +24,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def fedavg(before, entries):
     total = sum(e.num_examples for e in entries.values())
     return {
-        name: value + sum(e.num_examples / total * e.pseudo_gradient[name] for e in entries.values())
+        name: value
+        + sum(e.num_examples / total * e.pseudo_gradient[name] for e in entries.values())
         for name, value in before.items()
     }
 
@@ -68,7 +68,8 @@ def test_special_stored_moves_the_model_by_exactly_the_puf_update(special_stored
     expected = {name: models[2][name] - 2.0 * delta[name] for name in models[2]}
     assert_arrays_close(models[3], expected)
     assert strategy.events[0].update_norm == pytest.approx(
-        2.0 * np.sqrt(sum(float(np.sum(d.astype(np.float64) ** 2)) for d in delta.values())), rel=1e-5
+        2.0 * np.sqrt(sum(float(np.sum(d.astype(np.float64) ** 2)) for d in delta.values())),
+        rel=1e-5,
     )
 
 
@@ -80,7 +81,9 @@ def test_target_is_erased_and_never_contributes_again(special_stored):
     assert strategy.rounds[3].participants == ["0", "2"]
     assert sorted(store.put_in_round(4)) == ["0", "2"]
     assert store.client_ids() == ["0", "2"]
-    assert_arrays_close(special_stored.models[4], fedavg(special_stored.models[3], store.put_in_round(4)))
+    assert_arrays_close(
+        special_stored.models[4], fedavg(special_stored.models[3], store.put_in_round(4))
+    )
 
 
 def test_regular_fresh_applies_concurrent_requests_in_one_step():
@@ -123,7 +126,12 @@ def test_regular_fresh_applies_concurrent_requests_in_one_step():
     )
     assert_arrays_close(record.models[3], expected, atol=1e-4)
     # and it is not what plain FedAvg of everyone would have given
-    assert np.abs(record.models[3]["classifier.3.bias"] - fedavg(w2, remaining)["classifier.3.bias"]).max() > 1e-3
+    assert (
+        np.abs(
+            record.models[3]["classifier.3.bias"] - fedavg(w2, remaining)["classifier.3.bias"]
+        ).max()
+        > 1e-3
+    )
 
 
 bad_app = ClientApp()

@@ -1,0 +1,114 @@
+"""The multi-process deployment, on real processes on loopback (SuperLink + SuperNodes)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fedforget.api.client import ApiError, UnlearningClient
+from fedforget.certs import generate_certificates
+from fedforget.deploy import LocalDeployment, descendants, is_running, running
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except ApiError:
+            pass  # the API is not up yet
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_scenario_unlearn_over_http_kill_and_restart_supernodes(tmp_path):
+    """Forget client 1 through the API in round 2, kill client 2 mid-round, restart both.
+
+    A killed SuperNode's pending message gets Flower's NODE_UNAVAILABLE error
+    reply once its heartbeat lapses, so the round ends with the others' updates.
+    """
+    deployment = LocalDeployment.create(tmp_path / "deploy", num_supernodes=3)
+    state, out = tmp_path / "state", tmp_path / "out"
+    run_config = (
+        "num-partitions=3 num-server-rounds=7 unlearn-at-round=0 local-epochs=1 "
+        f"api-enabled=true state-dir='{state}' out-dir='{out}'"
+    )
+    finished: list = []
+    with running(deployment):
+        started = list(deployment.processes.values())
+        runner = threading.Thread(
+            target=lambda: finished.append(deployment.run_app(ROOT, run_config, timeout=1200))
+        )
+        runner.start()
+        wait_until(lambda: (state / "api.json").is_file(), 300, "the unlearning API")
+        client = UnlearningClient.from_state_dir(state)
+        wait_until(lambda: client.status()["current_round"] >= 2, 300, "round 2")
+        before = client.status()["current_round"]
+        request = client.submit(["1"])
+        after = client.status()["current_round"]
+        applied = client.wait(request["request_id"], timeout=300)
+        assert applied["status"] == "applied", applied["reason"]
+        assert before + 1 <= applied["applied_round"] <= after + 1
+        unlearn_round = applied["applied_round"]
+
+        # kill SuperNode 2 as soon as the first recovery round has started
+        wait_until(lambda: client.status()["current_round"] >= unlearn_round + 1, 300, "recovery")
+        deployment.kill_supernode(2)
+        killed_in = client.status()["current_round"]
+        # bring both back: new node ids; 2 must be recognised, forgotten 1 refused
+        wait_until(lambda: client.status()["current_round"] >= killed_in + 1, 300, "next round")
+        deployment.kill_supernode(1)
+        deployment.start_supernode(1)
+        deployment.start_supernode(2)
+        runner.join(timeout=1200)
+        client.close()
+        ours = [*started, *deployment.processes.values()]
+        family = [*ours, *(child for pid in ours for child in descendants(pid))]
+    assert finished and finished[0].returncode == 0, finished[0].stdout[-3000:]
+    assert not [pid for pid in family if is_running(pid)], "down() left processes behind"
+
+    history = json.loads((out / "history.json").read_text())
+    rounds = {r["round"]: r for r in history}
+    assert max(rounds) == 7, "training continued to the last round"
+    assert rounds[1]["contributors"] == ["0", "1", "2"]
+    assert rounds[unlearn_round]["phase"] == "unlearn"
+    for number in range(unlearn_round, 8):
+        assert "1" not in rounds[number]["participants"] + rounds[number]["contributors"]
+    # the round SuperNode 2 died in completed with the others
+    assert "0" in rounds[killed_in]["contributors"]
+    lost = [n for n in range(killed_in, 8) if "2" not in rounds[n]["contributors"]]
+    assert lost, "SuperNode 2 was killed but contributed to every later round"
+    # the restarted SuperNode 2 came back under a new node id as client 2
+    assert "2" in rounds[7]["contributors"]
+    events = json.loads((out / "events.json").read_text())
+    assert [e["clients"] for e in events] == [["1"]]
+
+
+def test_tls_deployment_trains(tmp_path):
+    """SuperLink with TLS, SuperNodes and the CLI verifying its certificate."""
+    tls = generate_certificates(tmp_path / "certs")
+    deployment = LocalDeployment.create(tmp_path / "deploy", num_supernodes=2, tls=tls)
+    out = tmp_path / "out"
+    with running(deployment):
+        assert "root-certificates" in (deployment.flwr_home / "config.toml").read_text()
+        done = deployment.run_app(
+            ROOT,
+            f"num-partitions=2 num-server-rounds=1 unlearn-at-round=0 local-epochs=1 out-dir='{out}'",
+            timeout=600,
+        )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["contributors"] == ["0", "1"]
+
+
+def test_down_without_up_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="fedforget deploy up"):
+        LocalDeployment.load(tmp_path)
