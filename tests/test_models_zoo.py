@@ -130,3 +130,21 @@ def test_segmentation_training_lowers_the_dice_ce_loss():
     later = train(model, x, y, epochs=5, batch_size=4, lr=1e-2, seed=1, task="segmentation",
                   optimizer="adam")
     assert later < first
+
+
+def test_device_selection_and_gpu_share(monkeypatch):
+    """Clients use a GPU share when one is visible and the CPU otherwise."""
+    from fedforget.simulation import backend_config
+    from fedforget.training import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert backend_config(2)["client_resources"]["num_gpus"] == 0.0
+    with pytest.raises(ValueError, match="none is visible"):
+        backend_config(2, num_gpus=0.5)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    config = backend_config(2)
+    assert config["client_resources"]["num_gpus"] == 0.25 and config["init_args"]["num_gpus"] == 1

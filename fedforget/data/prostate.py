@@ -283,3 +283,4 @@ def write_synthetic_prostate(
         np.save(root / f"{site}-dir.npy", np.array(sorted(os.listdir(folder))))
         np.save(root / f"{site}-index.npy", rng.permutation(kept))
     return root
+
