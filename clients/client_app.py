@@ -19,7 +19,7 @@ app = ClientApp()
 
 
 def partition_id(context: Context) -> int:
-    """This node's partition id, from its node config."""
+    """The node's partition id, from its node config."""
     try:
         return int(context.node_config[PARTITION_ID_KEY])
     except KeyError:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fedforget.api.cli import add_unlearn_parser, command_unlearn
-from fedforget.deploy_cli import add_deploy_parser, command_deploy
 from fedforget.config import ConfigError, FederationConfig
+from fedforget.deploy_cli import add_deploy_parser, command_deploy
 
 DEFAULT_OUT = "runs/latest"
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-config",
         action="append",
         metavar="CONFIG",
-        help='key=value pairs ("num-server-rounds=50 unlearn-clients=\'0,3\'") or a .toml file',
+        help="key=value pairs (\"num-server-rounds=50 unlearn-clients='0,3'\") or a .toml file",
     )
     run.add_argument("--dataset", help="shortcut for --run-config dataset=NAME")
     run.add_argument(

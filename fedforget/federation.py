@@ -29,13 +29,13 @@ from flwr.serverapp import Grid
 from fedforget.config import FederationConfig
 from fedforget.models import statistic_keys
 from fedforget.puf import Arrays
-from fedforget.store import PseudoGradientStore
 from fedforget.requests import (
     InMemoryRequestQueue,
     RequestQueue,
     UnlearningRequest,
     forgotten_clients,
 )
+from fedforget.store import PseudoGradientStore
 from fedforget.strategy import PUFStrategy, to_arrays, to_record
 from fedforget.task import evaluate_global_metrics, model_arrays, new_model, score_name
 
@@ -150,6 +150,7 @@ def run_federation(
             "participants": summary.participants if summary else [],
             "contributors": summary.contributors if summary else [],
             "rejected_replies": summary.rejected_replies if summary else 0,
+            "round_s": round(summary.round_s, 4) if summary else 0.0,
             **{f"test_{SCORE_COLUMNS.get(k, k)}": v for k, v in metrics.items() if k != "loss"},
             "test_loss": metrics["loss"],
             "elapsed_s": round(time.monotonic() - started, 3),

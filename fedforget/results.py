@@ -65,11 +65,14 @@ def format_table(results: dict[str, Any]) -> str:
     gaps = results["gaps"]
     for name, values in results["methods"].items():
         cells = "".join(
-            f"{values[m]:>12.3f} (gap {gaps[name][m]:.3f})" if name != REFERENCE
+            f"{values[m]:>12.3f} (gap {gaps[name][m]:.3f})"
+            if name != REFERENCE
             else f"{values[m]:>12.3f}{'':>10}"
             for m in names
         )
         rounds = values.get("recovery_rounds")
         lines.append(f"{name:<10}{cells}{'' if rounds is None else rounds:>8}")
-    lines.append("gap = |value - retrain value|; rounds = PUF recovery rounds incl. the unlearning round")
+    lines.append(
+        "gap = |value - retrain value|; rounds = PUF recovery rounds incl. the unlearning round"
+    )
     return "\n".join(lines)

@@ -33,12 +33,12 @@ Stopping rule
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-import logging
 
 import numpy as np
 from flwr.app import (
@@ -116,6 +116,7 @@ class RoundSummary:
     participants: list[str]
     contributors: list[str] = field(default_factory=list)
     rejected_replies: int = 0
+    round_s: float = 0.0  # configure_train to aggregate_train: the round without evaluation
 
 
 class _RecoveryComplete(Exception):
@@ -152,6 +153,7 @@ class PUFStrategy(FedAvg):
         Key of the server-side evaluation MetricRecord the target refers to.
     **fedavg_kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+
     """
 
     def __init__(
@@ -171,7 +173,9 @@ class PUFStrategy(FedAvg):
     ) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.requests: RequestQueue = requests if requests is not None else InMemoryRequestQueue()
-        self.store: PseudoGradientStore = store if store is not None else InMemoryPseudoGradientStore()
+        self.store: PseudoGradientStore = (
+            store if store is not None else InMemoryPseudoGradientStore()
+        )
         self.unlearn_mode = unlearn_mode
         self.unlearn_source = unlearn_source
         self.eta = {"special": eta_special, "regular": eta_regular}
@@ -186,12 +190,14 @@ class PUFStrategy(FedAvg):
         self.current_round = 0
         self._sent: Arrays = {}
         self._step: UnlearningStep | None = None
+        self._round_started = time.monotonic()
 
     # ------------------------------------------------------------------ info
     def summary(self) -> None:
         """Log the strategy's configuration."""
         super().summary()
-        logger.info("\t└──> PUF: mode=%s source=%s eta=%s excluded=%s",
+        logger.info(
+            "\t└──> PUF: mode=%s source=%s eta=%s excluded=%s",
             self.unlearn_mode,
             self.unlearn_source,
             self.eta,
@@ -235,7 +241,8 @@ class PUFStrategy(FedAvg):
                 evaluate_and_check,
             )
         except _RecoveryComplete as done:
-            logger.info("Recovery complete after round %s: %s >= %.4f",
+            logger.info(
+                "Recovery complete after round %s: %s >= %.4f",
                 done.server_round,
                 self.recovery_metric,
                 self.recovery_target,
@@ -258,6 +265,7 @@ class PUFStrategy(FedAvg):
     ) -> Iterable[Message]:
         """Identify new nodes, take due unlearning requests, pick participants."""
         self.current_round = server_round
+        self._round_started = time.monotonic()
         self._wait_for_nodes(grid)
         self._identify_nodes(grid)
         self._sent = to_arrays(arrays)
@@ -287,10 +295,17 @@ class PUFStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate replies, store pseudo-gradients, aggregate (or apply PUF)."""
+        result = self._aggregate(server_round, replies)
+        self.rounds[-1].round_s = time.monotonic() - self._round_started
+        return result
+
+    def _aggregate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = self._accept_replies(list(replies))
         step, self._step = self._step, None
         targets = set(step.targets) if step else set()
-        for client_id, (message, delta, count) in accepted.items():
+        for client_id, (_, delta, count) in accepted.items():
             if client_id not in targets:
                 self.store.put(client_id, StoredPseudoGradient(delta, count, server_round))
         remaining = {cid: v for cid, v in accepted.items() if cid not in targets}
@@ -375,7 +390,8 @@ class PUFStrategy(FedAvg):
                 model_before=self._sent,
             )
         )
-        logger.info("PUF-%s forgot client(s) %s in round %s (eta=%s, %s, update norm %.4f)",
+        logger.info(
+            "PUF-%s forgot client(s) %s in round %s (eta=%s, %s, update norm %.4f)",
             step.mode,
             ", ".join(step.targets),
             server_round,
@@ -437,7 +453,9 @@ class PUFStrategy(FedAvg):
                 client_id = str(identity[PARTITION_ID_KEY])
         if self.node_clients.get(node) != client_id:
             if client_id in self.forgotten:
-                logger.warning("Forgotten client %s reconnected as node %s: refused", client_id, node)
+                logger.warning(
+                    "Forgotten client %s reconnected as node %s: refused", client_id, node
+                )
             self.node_clients[node] = client_id
         return client_id
 
@@ -499,7 +517,10 @@ class PUFStrategy(FedAvg):
                     f"completed a training round; use source='fresh' or wait"
                 )
             if source == "fresh" and client_id not in online:
-                return f"client {client_id} is offline, so it cannot recompute its update: use source='stored'"
+                return (
+                    f"client {client_id} is offline, so it cannot recompute its update: "
+                    f"use source='stored'"
+                )
         blocked = self.forgotten | self.excluded | set(already_chosen) | set(request.client_ids)
         if not self.known_clients() - blocked:
             return "forgetting these clients would leave no client to recover with"
@@ -561,7 +582,10 @@ class PUFStrategy(FedAvg):
     def _cast_like_sent(self, record: ArrayRecord) -> ArrayRecord:
         """FedAvg's average computes in float64: restore each array's dtype."""
         return to_record(
-            {name: value.astype(self._sent[name].dtype) for name, value in to_arrays(record).items()}
+            {
+                name: value.astype(self._sent[name].dtype)
+                for name, value in to_arrays(record).items()
+            }
         )
 
 

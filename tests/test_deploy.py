@@ -101,7 +101,8 @@ def test_tls_deployment_trains(tmp_path):
         assert "root-certificates" in (deployment.flwr_home / "config.toml").read_text()
         done = deployment.run_app(
             ROOT,
-            f"num-partitions=2 num-server-rounds=1 unlearn-at-round=0 local-epochs=1 out-dir='{out}'",
+            "num-partitions=2 num-server-rounds=1 unlearn-at-round=0 local-epochs=1 "
+            f"out-dir='{out}'",
             timeout=600,
         )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
