@@ -1,6 +1,6 @@
 """Latency of live unlearning requests: from the API's 202 to the PUF step, in rounds and seconds.
 
-Runs the default simulation (``FederationConfig()``: digits, 10 clients, 5 local
+Runs the default simulation (``FederationConfig()``: digits, 10 clients, 10 local
 epochs) with the API up and no configured request, submits one request per
 client in ``--clients`` over HTTP on loopback, each a moment after round
 ``--every``, ``2 * --every``, ... has started, and waits for each to be applied.

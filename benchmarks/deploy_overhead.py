@@ -57,7 +57,7 @@ def main() -> None:
         deployed = round_times(deployment_out / HISTORY_FILE)[1:]
     sim_mean, dep_mean = sum(simulation) / len(simulation), sum(deployed) / len(deployed)
     record = {
-        "task": f"digits default, {args.clients} clients, 5 local epochs, rounds 2..{args.rounds}",
+        "task": f"digits default, {args.clients} clients, 10 local epochs, rounds 2..{args.rounds}",
         "simulation_round_s": round(sim_mean, 3),
         "deployment_round_s": round(dep_mean, 3),
         "overhead_s_per_round": round(dep_mean - sim_mean, 3),

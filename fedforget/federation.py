@@ -96,6 +96,7 @@ def build_strategy(
         statistic_keys=statistic_keys(new_model(config)),
         recovery_target=config.recovery_target_acc,
         recovery_metric=score_name(config),
+        seed=config.seed,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=1,

@@ -151,6 +151,8 @@ class PUFStrategy(FedAvg):
         Stop once ``recovery_metric`` reaches this after unlearning; 0 = never.
     recovery_metric : str (default: "accuracy")
         Key of the server-side evaluation MetricRecord the target refers to.
+    seed : int (default: 0)
+        Seed of client sampling when ``fraction_train`` < 1.
     **fedavg_kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
 
@@ -169,6 +171,7 @@ class PUFStrategy(FedAvg):
         statistic_keys: Collection[str] = (),
         recovery_target: float = 0.0,
         recovery_metric: str = "accuracy",
+        seed: int = 0,
         **fedavg_kwargs: object,
     ) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
@@ -191,6 +194,7 @@ class PUFStrategy(FedAvg):
         self._sent: Arrays = {}
         self._step: UnlearningStep | None = None
         self._round_started = time.monotonic()
+        self._rng = random.Random(seed)
 
     # ------------------------------------------------------------------ info
     def summary(self) -> None:
@@ -273,7 +277,7 @@ class PUFStrategy(FedAvg):
         eligible = self._eligible_nodes(grid)
         if self._step is None:
             count = max(int(len(eligible) * self.fraction_train), self.min_train_nodes)
-            nodes = random.sample(eligible, min(count, len(eligible)))
+            nodes = self._sample(eligible, count)
             phase = "recover" if self.events else "train"
         else:
             step = self._step
@@ -410,7 +414,7 @@ class PUFStrategy(FedAvg):
             return []
         eligible = self._eligible_nodes(grid)
         count = max(int(len(eligible) * self.fraction_evaluate), self.min_evaluate_nodes)
-        nodes = random.sample(eligible, min(count, len(eligible)))
+        nodes = self._sample(eligible, count)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, nodes, MessageType.EVALUATE)
@@ -422,7 +426,15 @@ class PUFStrategy(FedAvg):
             time.sleep(1.0)
 
     def _online_nodes(self, grid: Grid) -> list[int]:
-        return [n for n in grid.get_node_ids() if n in self.node_clients]
+        """Identified online nodes, in client-id order (node ids are random per run)."""
+        online = [n for n in grid.get_node_ids() if n in self.node_clients]
+        return sorted(online, key=lambda n: _natural(self.node_clients[n]))
+
+    def _sample(self, nodes: list[int], count: int) -> list[int]:
+        """``count`` of ``nodes`` (all if fewer), drawn by the strategy's seeded generator."""
+        if count >= len(nodes):
+            return list(nodes)
+        return sorted(self._rng.sample(nodes, count), key=lambda n: _natural(self.node_clients[n]))
 
     def _eligible_nodes(self, grid: Grid) -> list[int]:
         """Online nodes whose client is neither forgotten nor excluded (nor a target now)."""
@@ -554,7 +566,9 @@ class PUFStrategy(FedAvg):
             accepted[client_id] = (message, delta, count)
         if self.rounds:
             self.rounds[-1].rejected_replies = rejected
-        return accepted
+        # Aggregate in client-id order, not arrival order: float sums then do not depend
+        # on which client answered first, and a seeded run is reproducible.
+        return dict(sorted(accepted.items(), key=lambda item: _natural(item[0])))
 
     def _check_reply(self, message: Message) -> tuple[str, Arrays, int]:
         """('' or the reason to reject, pseudo-gradient, example count) of a reply."""

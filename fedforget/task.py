@@ -110,11 +110,3 @@ def evaluate_global_metrics(
     data = load_federated_data(config).data
     model = model_with(config, arrays)
     return evaluate_task(model, data.test_x, data.test_y, data.task, resolve_device(config.device))
-
-
-def evaluate_global(
-    config: FederationConfig, arrays: Mapping[str, np.ndarray]
-) -> tuple[float, float]:
-    """Loss and score (accuracy, or Dice for segmentation) of a global model on the test set."""
-    metrics = evaluate_global_metrics(config, arrays)
-    return metrics["loss"], metrics[score_name(config)]

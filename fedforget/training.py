@@ -192,16 +192,6 @@ def per_example_metrics(
     return {"loss": losses, "correct": correct.astype(np.float64)}
 
 
-def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | str = "cpu"
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (a fraction) on ``(x, y)``."""
-    losses, correct = per_example_loss(model, x, y, device)
-    if len(losses) == 0:
-        return float("nan"), float("nan")
-    return float(losses.mean()), float(correct.mean())
-
-
 def evaluate_task(
     model: nn.Module,
     x: torch.Tensor,

@@ -18,7 +18,7 @@ from fedforget.requests import InMemoryRequestQueue, UnlearningRequest
 from fedforget.simulation import backend_config
 from fedforget.store import InMemoryPseudoGradientStore, StoredPseudoGradient
 from fedforget.strategy import PUFStrategy, to_arrays, to_record
-from fedforget.task import evaluate_global, model_arrays, new_model
+from fedforget.task import evaluate_global_metrics, model_arrays, new_model
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
@@ -73,8 +73,7 @@ def simulate_strategy(
 
         def evaluate(server_round, arrays):
             record.models[server_round] = to_arrays(arrays)
-            loss, accuracy = evaluate_global(config, record.models[server_round])
-            return MetricRecord({"accuracy": accuracy, "loss": loss})
+            return MetricRecord(evaluate_global_metrics(config, record.models[server_round]))
 
         task = ConfigRecord(config.to_run_config())
         strategy.start(
