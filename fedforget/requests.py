@@ -43,6 +43,20 @@ class UnlearningRequest:
     reason: str = ""
     update_norm: float | None = None
 
+    def as_submitted(self) -> UnlearningRequest:
+        """The request as a queue stores it: an id, a submission time, status queued."""
+        if not self.client_ids:
+            raise ValueError("an unlearning request must name at least one client")
+        return replace(
+            self,
+            request_id=self.request_id or uuid.uuid4().hex,
+            submitted_at=self.submitted_at or time.time(),
+            status="queued",
+            applied_round=None,
+            reason="",
+            update_norm=None,
+        )
+
 
 class RequestQueue(Protocol):
     """What the strategy needs from a queue of unlearning requests."""
@@ -77,14 +91,7 @@ class InMemoryRequestQueue:
 
     def submit(self, request: UnlearningRequest) -> UnlearningRequest:
         """Queue a request; return it with its id and submission time set."""
-        if not request.client_ids:
-            raise ValueError("an unlearning request must name at least one client")
-        queued = replace(
-            request,
-            request_id=request.request_id or uuid.uuid4().hex,
-            submitted_at=request.submitted_at or time.time(),
-            status="queued",
-        )
+        queued = request.as_submitted()
         with self._lock:
             if queued.request_id in self._requests:
                 return self._requests[queued.request_id]

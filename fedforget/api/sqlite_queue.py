@@ -20,10 +20,9 @@ import logging
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -179,17 +178,7 @@ class SQLiteRequestQueue:
             with other options.
 
         """
-        if not request.client_ids:
-            raise ValueError("an unlearning request must name at least one client")
-        queued = replace(
-            request,
-            request_id=request.request_id or uuid.uuid4().hex,
-            submitted_at=request.submitted_at or time.time(),
-            status="queued",
-            applied_round=None,
-            reason="",
-            update_norm=None,
-        )
+        queued = request.as_submitted()
         with self._transaction():
             existing = self._existing(queued.request_id, idempotency_key)
             if existing is not None:
