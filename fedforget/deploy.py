@@ -236,9 +236,16 @@ class LocalDeployment:
         return done
 
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """Environment of every process: the deployment's FLWR_HOME, no telemetry."""
+        """Environment of every process: the deployment's FLWR_HOME, no telemetry.
+
+        Flower's processes start others by name (``flower-superexec``,
+        ``flwr-serverapp``, ``flwr-clientapp``): this Python's ``bin`` folder goes
+        first on PATH, so they are found in a virtual environment that is not
+        activated.
+        """
         return {
             **os.environ,
+            "PATH": executables_first_on_path(),
             "FLWR_HOME": str(self.flwr_home),
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -311,6 +318,11 @@ def _is_ours(pid: int, run_dir: Path) -> bool:
         return Path(f"/proc/{pid}/cwd").resolve() == run_dir
     except OSError:
         return True  # no /proc: trust the process group
+
+
+def executables_first_on_path() -> str:
+    """PATH with the folder of this Python's console scripts (flwr, flower-*) first."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def free_ports(count: int) -> list[int]:

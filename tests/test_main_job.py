@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fedforget.deploy import executables_first_on_path
 from fedforget.metrics import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,7 @@ def test_flwr_run_runs_the_apps_with_puf(tmp_path):
     out = tmp_path / "flwr-out"
     env = {
         **os.environ,
+        "PATH": executables_first_on_path(),  # flwr starts flower-superlink by name
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_TELEMETRY_ENABLED": "0",
