@@ -36,6 +36,19 @@ def start_server(config: FederationConfig) -> subprocess.Popen[bytes]:
     )
 
 
+def run_to_completion(config: FederationConfig) -> None:
+    """Run the ServerApp simulation in a subprocess, as a restarted server would run."""
+    done = subprocess.run(
+        [sys.executable, "-c", SERVER, json.dumps(config.to_run_config())],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_queued_request_survives_a_crash_and_is_applied_exactly_once(tmp_path):
     """SIGKILL after the 202; the restarted run applies it once; a third run never uses client 1."""
     state = tmp_path / "state"
@@ -63,16 +76,7 @@ def test_queued_request_survives_a_crash_and_is_applied_exactly_once(tmp_path):
 
     # run 2: same state directory; the request is applied at the first boundary it can be
     second = base.replace(num_server_rounds=4, out_dir=str(tmp_path / "run2"))
-    assert (
-        subprocess.run(
-            [sys.executable, "-c", SERVER, json.dumps(second.to_run_config())],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            timeout=300,
-        ).returncode
-        == 0
-    )
+    run_to_completion(second)
     events = json.loads((tmp_path / "run2" / EVENTS_FILE).read_text())
     assert [(e["server_round"], e["clients"], e["request_ids"]) for e in events] == [
         (2, ["1"], [request_id])
@@ -82,16 +86,7 @@ def test_queued_request_survives_a_crash_and_is_applied_exactly_once(tmp_path):
 
     # run 3: client 1 stays forgotten; nothing is applied again
     third = base.replace(num_server_rounds=2, out_dir=str(tmp_path / "run3"))
-    assert (
-        subprocess.run(
-            [sys.executable, "-c", SERVER, json.dumps(third.to_run_config())],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            timeout=300,
-        ).returncode
-        == 0
-    )
+    run_to_completion(third)
     assert json.loads((tmp_path / "run3" / EVENTS_FILE).read_text()) == []
     history = json.loads((tmp_path / "run3" / HISTORY_FILE).read_text())
     assert [h["participants"] for h in history if h["round"] > 0] == [["0", "2"], ["0", "2"]]
