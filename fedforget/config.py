@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 DATASETS = (
     "digits",
@@ -30,8 +30,6 @@ DEVICES = ("auto", "cpu", "cuda")
 UNLEARN_MODES = ("special", "regular")
 PSEUDO_GRADIENT_SOURCES = ("stored", "fresh")
 
-UnlearnMode = Literal["special", "regular"]
-PseudoGradientSource = Literal["stored", "fresh"]
 
 ConfigValue = int | float | str | bool
 
@@ -111,11 +109,6 @@ class FederationConfig:
         return attribute.replace("_", "-")
 
     @classmethod
-    def run_config_keys(cls) -> tuple[str, ...]:
-        """All run-config keys, in declaration order."""
-        return tuple(cls.key(f.name) for f in fields(cls))
-
-    @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
         """Build and validate a config from a Flower run config (hyphenated keys).
 
@@ -163,10 +156,6 @@ class FederationConfig:
     def excluded(self) -> tuple[str, ...]:
         """Client ids that never take part (used for the retrained reference)."""
         return parse_client_ids(self.exclude_clients)
-
-    def eta_for(self, mode: str) -> float:
-        """The default eta of an unlearning mode."""
-        return self.eta_special if mode == "special" else self.eta_regular
 
     def lr_at(self, server_round: int) -> float:
         """Client learning rate in a round: ``lr * lr_decay ** (round - 1)``."""

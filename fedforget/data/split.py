@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-TASKS = ("classification", "segmentation")
-
 
 @dataclass(frozen=True)
 class SplitDataset:
