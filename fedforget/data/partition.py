@@ -15,13 +15,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    NaturalIdPartitioner,
-    Partitioner,
-)
 from numpy.typing import NDArray
 
 SPLITS_PACKAGE = "fedforget.data"
@@ -114,10 +107,19 @@ def partition_indices(
         Sorted example indices of each client, disjoint.
 
     """
-    part: Partitioner
-    column = "label"
     if partitioner == "file":
         return _partitions_from_file(partition_file, len(labels), num_partitions)
+    # flwr-datasets (and Hugging Face datasets) load only for the partitioners that use them
+    from datasets import Dataset
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        NaturalIdPartitioner,
+        Partitioner,
+    )
+
+    part: Partitioner
+    column = "label"
     if partitioner == "natural":
         if groups is None:
             raise ValueError(
