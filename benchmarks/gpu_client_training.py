@@ -15,7 +15,7 @@ holding ``cifar-10-batches-py``; without it, random images of CIFAR-10's shape
 through the real loader (md5 check off, since the files are not the official
 ones). Training time does not depend on the pixel values.
 
-    python benchmarks/gpu_client_training.py [--rounds 3] [--data-dir DIR] [--out benchmarks/results]
+    python benchmarks/gpu_client_training.py [--rounds 3] [--data-dir DIR] [--out DIR]
 """
 
 from __future__ import annotations
