@@ -1,19 +1,41 @@
 """The ClientApp: trains and evaluates the global model on this node's partition.
 
 Every reply carries the node's partition id (``identity`` ConfigRecord), the
-stable client identity the PUF strategy keys its records by. The task
+stable client identity the server keys its records by. The task
 configuration arrives in each message's ConfigRecord, so the same ClientApp
-serves ``flwr run``, ``fedforget run`` and deployments.
+serves ``flwr run``, ``fedforget run`` and deployments. Besides the ordinary
+``train`` action, each unlearning method with a client step (PGA's ascent,
+FedQUIT's distillation, ...) is the Flower action ``train.<method>``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from fedforget.config import FederationConfig
-from fedforget.strategy import IDENTITY_RECORD, PARTITION_ID_KEY
-from fedforget.task import evaluate_client, new_model, score_name, train_client
+from fedforget.methods import ClientStep, client_steps, method_class
+from fedforget.protocol import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    EXAMPLES_KEY,
+    IDENTITY_RECORD,
+    METRICS_KEY,
+    PARTITION_ID_KEY,
+    ROUND_KEY,
+    STEP_ARRAYS_PREFIX,
+)
+from fedforget.task import (
+    client_data,
+    client_seed,
+    evaluate_client,
+    new_model,
+    score_name,
+    train_client,
+)
 
 app = ClientApp()
 
@@ -36,7 +58,21 @@ def identity(context: Context) -> ConfigRecord:
 
 def task_config(message: Message) -> FederationConfig:
     """The run configuration the server sent with this message."""
-    return FederationConfig.from_run_config(dict(message.content["config"]))
+    return FederationConfig.from_run_config(dict(message.content[CONFIG_KEY]))
+
+
+def model_reply(
+    message: Message, context: Context, model: nn.Module, loss: float, count: int
+) -> Message:
+    """The reply of a training action: the model, its loss and examples, the identity."""
+    content = RecordDict(
+        {
+            ARRAYS_KEY: ArrayRecord(model.state_dict()),
+            METRICS_KEY: MetricRecord({"train-loss": loss, EXAMPLES_KEY: count}),
+            IDENTITY_RECORD: identity(context),
+        }
+    )
+    return Message(content=content, reply_to=message)
 
 
 @app.query()
@@ -49,18 +85,39 @@ def query(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     """Train the received global model on the local partition."""
     config = task_config(message)
-    server_round = int(message.content["config"]["server-round"])
+    server_round = int(message.content[CONFIG_KEY][ROUND_KEY])
     model = new_model(config)
-    model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
     loss, num_examples = train_client(config, partition_id(context), model, server_round)
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord({"train-loss": loss, "num-examples": num_examples}),
-            IDENTITY_RECORD: identity(context),
+    return model_reply(message, context, model, loss, num_examples)
+
+
+def step_handler(name: str, step: ClientStep) -> Callable[[Message, Context], Message]:
+    """The ClientApp action ``train.<name>``: run a method's client step on the partition."""
+
+    def handle(message: Message, context: Context) -> Message:
+        config = task_config(message)
+        server_round = int(message.content[CONFIG_KEY][ROUND_KEY])
+        pid = partition_id(context)
+        model = new_model(config)
+        model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
+        extra = {
+            key.removeprefix(STEP_ARRAYS_PREFIX): record.to_torch_state_dict()
+            for key, record in message.content.array_records.items()
+            if key.startswith(STEP_ARRAYS_PREFIX)
         }
-    )
-    return Message(content=content, reply_to=message)
+        data = client_data(config, pid)
+        settings = config.settings_of(method_class(name).table)
+        loss = step(model, data, settings, extra, client_seed(config, server_round, pid))
+        model.to("cpu")
+        return model_reply(message, context, model, loss, len(data.y))
+
+    handle.__name__ = f"train_{name.replace('-', '_')}"
+    return handle
+
+
+for _name, _step in client_steps().items():
+    app.train(_name)(step_handler(_name, _step))
 
 
 @app.evaluate()
@@ -68,13 +125,13 @@ def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the received global model on the local partition."""
     config = task_config(message)
     model = new_model(config)
-    model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
     loss, score, num_examples = evaluate_client(config, partition_id(context), model)
     score_key = "eval-acc" if score_name(config) == "accuracy" else "eval-dice"
     content = RecordDict(
         {
-            "metrics": MetricRecord(
-                {"eval-loss": loss, score_key: score, "num-examples": num_examples}
+            METRICS_KEY: MetricRecord(
+                {"eval-loss": loss, score_key: score, EXAMPLES_KEY: num_examples}
             ),
             IDENTITY_RECORD: identity(context),
         }

@@ -6,7 +6,8 @@ The PUF arithmetic is importable without Flower::
 """
 
 from fedforget.config import ConfigError, FederationConfig
-from fedforget.puf import Contribution, puf_update, update_norm
+from fedforget.arrays import update_norm
+from fedforget.methods.puf import Contribution, puf_update
 from fedforget.requests import InMemoryRequestQueue, RequestQueue, UnlearningRequest
 from fedforget.store import (
     InMemoryPseudoGradientStore,

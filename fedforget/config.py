@@ -5,6 +5,11 @@ Keys are Flower run-config keys (hyphenated), exactly as they appear in
 dataclass defaults are the source of truth; a test keeps ``pyproject.toml``
 identical to them (``flwr.simulation.run_simulation`` passes no run config, so
 the defaults must live in Python too).
+
+Each unlearning method's own settings live in its table (``puf.eta-special``,
+``pga.lr``; ``[tool.flwr.app.config.puf]`` in ``pyproject.toml``, which Flower
+flattens to dotted keys). The method classes declare them and their defaults
+(:mod:`fedforget.methods`); a config keeps only the values that differ.
 """
 
 from __future__ import annotations
@@ -27,8 +32,6 @@ DATASETS = (
 PARTITIONERS = ("dirichlet", "iid", "file", "natural")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
-UNLEARN_MODES = ("special", "regular")
-PSEUDO_GRADIENT_SOURCES = ("stored", "fresh")
 
 
 ConfigValue = int | float | str | bool
@@ -76,12 +79,10 @@ class FederationConfig:
     round_timeout: float = 3600.0
     exclude_clients: str = ""
     # --- unlearning ---------------------------------------------------------
+    method: str = "puf-special"
+    methods: str = ""
     unlearn_at_round: int = 40
     unlearn_clients: str = "0"
-    unlearn_mode: str = "special"
-    unlearn_source: str = "stored"
-    eta_special: float = 2.0
-    eta_regular: float = 20.0
     recovery_target_acc: float = 0.0
     # --- output -------------------------------------------------------------
     out_dir: str = ""
@@ -102,6 +103,8 @@ class FederationConfig:
     partition_file: str = ""
     download: bool = False
     device: str = "auto"
+    # --- per-method settings: ("table.key", value) pairs that differ from the defaults
+    method_settings: tuple[tuple[str, ConfigValue], ...] = ()
 
     @staticmethod
     def key(attribute: str) -> str:
@@ -115,12 +118,14 @@ class FederationConfig:
         Missing keys take their defaults; unknown keys and values of the wrong
         type raise :class:`ConfigError` naming the key.
         """
-        known = {cls.key(f.name): f for f in fields(cls)}
-        unknown = sorted(set(run_config) - set(known) - {"server-round"})
+        known = {cls.key(f.name): f for f in fields(cls) if f.name != "method_settings"}
+        dotted = {k: v for k, v in run_config.items() if "." in k}
+        unknown = sorted(set(run_config) - set(known) - set(dotted) - {"server-round"})
         if unknown:
             raise ConfigError(
                 f"unknown configuration key(s) {', '.join(unknown)}; "
-                f"valid keys are: {', '.join(known)}"
+                f"valid keys are: {', '.join(known)} and the method tables' keys "
+                f"({', '.join(sorted(_method_defaults()))})"
             )
         values: dict[str, Any] = {}
         for key, value in run_config.items():
@@ -128,16 +133,27 @@ class FederationConfig:
                 continue
             f = known[key]
             values[f.name] = _coerce(key, value, type(f.default))
+        values["method_settings"] = _method_overrides(dotted)
         config = cls(**values)
         config.validate()
         return config
 
     def to_run_config(self) -> dict[str, ConfigValue]:
-        """Return the config as a flat Flower run config (hyphenated keys)."""
-        return {
+        """Return the config as a flat Flower run config (hyphenated and dotted keys)."""
+        flat = {
             self.key(f.name): cast(ConfigValue, getattr(self, f.name))
             for f in fields(self)
-           
+            if f.name != "method_settings"
+        }
+        return {**flat, **_method_defaults(), **dict(self.method_settings)}
+
+    def settings_of(self, table: str) -> dict[str, ConfigValue]:
+        """The run's values of a method table's keys (``"puf"`` -> ``{"eta-special": ...}``)."""
+        prefix = f"{table}."
+        return {
+            key.removeprefix(prefix): value
+            for key, value in {**_method_defaults(), **dict(self.method_settings)}.items()
+            if key.startswith(prefix)
         }
 
     def replace(self, **changes: Any) -> FederationConfig:
@@ -153,6 +169,11 @@ class FederationConfig:
         return parse_client_ids(self.unlearn_clients) if self.unlearn_at_round else ()
 
     @property
+    def kept_methods(self) -> tuple[str, ...]:
+        """Methods whose history the run keeps: ``method`` and those listed in ``methods``."""
+        return tuple(dict.fromkeys((self.method, *parse_client_ids(self.methods))))
+
+    @property
     def excluded(self) -> tuple[str, ...]:
         """Client ids that never take part (used for the retrained reference)."""
         return parse_client_ids(self.exclude_clients)
@@ -166,8 +187,7 @@ class FederationConfig:
         """Raise :class:`ConfigError` naming the first invalid key."""
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("partitioner", self.partitioner, PARTITIONERS)
-        _one_of("unlearn-mode", self.unlearn_mode, UNLEARN_MODES)
-        _one_of("unlearn-source", self.unlearn_source, PSEUDO_GRADIENT_SOURCES)
+        self._validate_methods()
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(
@@ -186,8 +206,6 @@ class FederationConfig:
                 '{"<client id>": [train index, ...]}'
             )
         _positive("alpha", self.alpha)
-        _positive("eta-special", self.eta_special)
-        _positive("eta-regular", self.eta_regular)
         _positive("lr", self.lr)
         _positive("lr-decay", self.lr_decay)
         _positive("round-timeout", self.round_timeout)
@@ -249,6 +267,23 @@ class FederationConfig:
             )
         self._validate_api()
 
+    def _validate_methods(self) -> None:
+        """Check ``method``, ``methods`` and every method table's settings."""
+        from fedforget.methods import method_class, method_names
+
+        for key, names in (("method", (self.method,)), ("methods", self.kept_methods)):
+            for name in names:
+                if name not in method_names():
+                    raise ConfigError(
+                        f"{key} names unknown unlearning method {name!r}; registered methods "
+                        f"are {', '.join(method_names())}"
+                    )
+        for name in method_names():
+            cls = method_class(name)
+            problem = cls.check_settings(self.settings_of(cls.table)) if cls.defaults else ""
+            if problem:
+                raise ConfigError(problem)
+
     def _validate_api(self) -> None:
         """Check the keys of the live unlearning API (see :mod:`fedforget.api`)."""
         if not 0 <= self.api_port <= 65535:
@@ -292,6 +327,32 @@ def _coerce(key: str, value: Any, expected: type) -> Any:
     raise ConfigError(
         f"{key} must be of type {expected.__name__}, got {value!r} ({type(value).__name__})"
     )
+
+
+def _method_defaults() -> dict[str, ConfigValue]:
+    """Every method table's keys with their defaults, as dotted run-config keys."""
+    from fedforget.methods import method_tables
+
+    return {
+        f"{table}.{key}": cast(ConfigValue, value)
+        for table, settings in method_tables().items()
+        for key, value in settings.items()
+    }
+
+
+def _method_overrides(dotted: Mapping[str, Any]) -> tuple[tuple[str, ConfigValue], ...]:
+    """The dotted keys whose values differ from the defaults, type-checked, sorted."""
+    defaults = _method_defaults()
+    overrides: dict[str, ConfigValue] = {}
+    for key, value in dotted.items():
+        if key not in defaults:
+            raise ConfigError(
+                f"unknown method setting {key}; method settings are: {', '.join(sorted(defaults))}"
+            )
+        coerced = _coerce(key, value, type(defaults[key]))
+        if coerced != defaults[key]:
+            overrides[key] = coerced
+    return tuple(sorted(overrides.items()))
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

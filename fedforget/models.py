@@ -182,3 +182,23 @@ def statistic_keys(model: nn.Module) -> frozenset[str]:
     return frozenset(
         name for name, buffer in model.named_buffers() if torch.is_floating_point(buffer)
     )
+
+
+def first_conv_key(model: nn.Module) -> str:
+    """State-dict name of the first convolution's weight ("" if the model has none)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            return f"{name}.weight"
+    return ""
+
+
+def head_keys(model: nn.Module) -> tuple[str, ...]:
+    """State-dict names of the last linear layer (the classifier head; () if none)."""
+    last = ""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if not last:
+        return ()
+    prefix = f"{last}."
+    return tuple(key for key in model.state_dict() if key.startswith(prefix))

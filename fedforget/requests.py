@@ -1,10 +1,12 @@
-"""Unlearning requests: the one path by which "forget these clients" reaches PUF.
+"""Unlearning requests: the one path by which "forget these clients" reaches a method.
 
-A request names one or several clients (and optionally overrides mode, eta and
-the pseudo-gradient source). Requests wait in a queue; at each round boundary
-the strategy takes every request that is due, applies the compatible ones
-together as one concurrent PUF step, and records each as applied (with the
-round it took effect in) or rejected (with the reason).
+A request names one or several clients, optionally the unlearning method (a
+registry name; the run's ``method`` if None) and options that override that
+method's settings (keys of its config table, e.g. ``{"eta-special": 3.0}``
+for ``puf-special``). Requests wait in a queue; at each round boundary the
+strategy takes every request that is due, applies the compatible ones (same
+method and settings) together as one concurrent step, and records each as
+applied (with the round it took effect in) or rejected (with the reason).
 
 Simulations put the configured request (``unlearn-at-round``,
 ``unlearn-clients``) into the queue before training, with ``not_before_round``
@@ -17,9 +19,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+OptionValue = int | float | str | bool
 RequestStatus = Literal["queued", "applied", "rejected"]
 
 
@@ -27,14 +30,13 @@ RequestStatus = Literal["queued", "applied", "rejected"]
 class UnlearningRequest:
     """A request to forget ``client_ids`` together.
 
-    ``mode``, ``eta`` and ``source`` left as None take the run's configuration.
-    ``not_before_round`` delays the request until that round's boundary.
+    ``method`` None takes the run's method; ``options`` override the method's
+    settings. ``not_before_round`` delays the request until that round's boundary.
     """
 
     client_ids: tuple[str, ...]
-    mode: str | None = None
-    eta: float | None = None
-    source: str | None = None
+    method: str | None = None
+    options: dict[str, OptionValue] = field(default_factory=dict)
     not_before_round: int = 0
     request_id: str = ""
     submitted_at: float = 0.0

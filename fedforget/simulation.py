@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from fedforget.config import FederationConfig
+
+if TYPE_CHECKING:
+    from flwr.serverapp import Grid
+
+    from fedforget.federated.federation import RunRecord
+
+T = TypeVar("T")
 
 DEFAULT_GPU_SHARE = 0.25  # four virtual clients train on one GPU at a time
 
@@ -37,30 +46,68 @@ def backend_config(
     return {"client_resources": {"num_cpus": 1, "num_gpus": share}, "init_args": init_args}
 
 
-def simulate(
-    config: FederationConfig,
+def simulate_app(
+    server_main: Callable[[Grid], T],
+    num_supernodes: int,
     num_cpus: int | None = None,
-    verbose: bool = False,
     num_gpus: float | None = None,
-) -> None:
-    """Run one federation with ``config`` (records go to ``config.out_dir``).
+    verbose: bool = False,
+) -> T:
+    """Run ``server_main(grid)`` as the ServerApp of a Ray simulation; return what it returns.
 
-    Uses the same ClientApp as ``flwr run`` and a ServerApp built around the
-    given config (``run_simulation`` passes no run config of its own).
+    The clients are fedforget's ClientApp (the one ``flwr run`` uses). An
+    exception in ``server_main`` is raised again here, after the simulation
+    has shut down.
     """
+    from flwr.app import Context
+    from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from server.server_app import build_server_app
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
+    outcome: dict[str, T] = {}
+    failure: list[BaseException] = []
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            outcome["value"] = server_main(grid)
+        except BaseException as error:
+            failure.append(error)
+            raise
+
     run_simulation(
-        server_app=build_server_app(config),
+        server_app=server,
         client_app=client_app,
-        num_supernodes=config.num_partitions,
+        num_supernodes=num_supernodes,
         backend_name="ray",
         backend_config=backend_config(num_cpus, num_gpus),  # type: ignore[arg-type]
+    )
+    if failure:
+        raise failure[0]
+    if "value" not in outcome:
+        raise RuntimeError("the simulation ended before its ServerApp finished: see the log above")
+    return outcome["value"]
+
+
+def simulate(
+    config: FederationConfig,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    num_gpus: float | None = None,
+) -> RunRecord:
+    """Run one federation with ``config``; return its record (also written to ``out-dir``)."""
+    from fedforget.federated.federation import run_federation
+
+    return simulate_app(
+        lambda grid: run_federation(grid, config),
+        config.num_partitions,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        verbose=verbose,
     )

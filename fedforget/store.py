@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fedforget.puf import Arrays, Contribution
+from fedforget.arrays import Arrays
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,6 @@ class StoredPseudoGradient:
     def nbytes(self) -> int:
         """Bytes held by the arrays."""
         return sum(int(a.nbytes) for a in self.pseudo_gradient.values())
-
-    def contribution(self) -> Contribution:
-        """The entry as an input of :func:`fedforget.puf.puf_update`."""
-        return Contribution(self.pseudo_gradient, self.num_examples)
 
 
 @runtime_checkable

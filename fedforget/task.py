@@ -17,7 +17,8 @@ from fedforget.config import FederationConfig
 from fedforget.data import FederatedData, load_federated_data
 from fedforget.data.augment import get_augmentation
 from fedforget.models import build_model, load_pretrained
-from fedforget.puf import Arrays
+from fedforget.arrays import Arrays
+from fedforget.methods.base import ClientData
 from fedforget.training import evaluate_task, resolve_device, train
 
 SCORE_NAMES = {"classification": "accuracy", "segmentation": "dice"}
@@ -110,3 +111,23 @@ def evaluate_global_metrics(
     data = load_federated_data(config).data
     model = model_with(config, arrays)
     return evaluate_task(model, data.test_x, data.test_y, data.task, resolve_device(config.device))
+
+
+def client_data(config: FederationConfig, partition_id: int) -> ClientData:
+    """One client's training data, as a method's client step sees it."""
+    federated = load_federated_data(config)
+    if not 0 <= partition_id < len(federated.partitions):
+        raise ValueError(
+            f"partition-id {partition_id} is outside 0..{len(federated.partitions) - 1}: "
+            f"check the SuperNode's --node-config and num-partitions"
+        )
+    index = torch.from_numpy(federated.partitions[partition_id])
+    data = federated.data
+    return ClientData(
+        x=data.train_x[index],
+        y=data.train_y[index],
+        task=data.task,
+        num_classes=data.num_classes,
+        batch_size=config.batch_size,
+        device=resolve_device(config.device),
+    )

@@ -1,4 +1,4 @@
-"""The ServerApp: a federation with the PUF strategy, configured by the run config."""
+"""The ServerApp: a federation with the unlearning strategy, configured by the run config."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedforget.config import FederationConfig
-from fedforget.federation import run_federation
+from fedforget.federated.federation import run_federation
 
 
 def build_server_app(config: FederationConfig | None = None) -> ServerApp:
-    """A ServerApp running :func:`fedforget.federation.run_federation`.
+    """A ServerApp running :func:`fedforget.federated.federation.run_federation`.
 
     With ``config`` None, the config is read from the run config (``flwr run``
     with ``[tool.flwr.app.config]`` and ``--run-config``); otherwise ``config``

@@ -1,9 +1,9 @@
-"""Test harness: run the real PUF strategy in a real Flower simulation (Ray backend)."""
+"""Test harness: run the real unlearning strategy in a real Flower simulation (Ray backend)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, MetricRecord
@@ -11,13 +11,15 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
+from fedforget.arrays import Arrays, to_arrays, to_record
 from fedforget.config import FederationConfig
-from fedforget.federation import build_strategy
-from fedforget.puf import Arrays
+from fedforget.federated.federation import build_strategy, method_context
+from fedforget.federated.strategy import UnlearningStrategy
+from fedforget.methods.base import FederatedMethod
+from fedforget.methods.puf import PufRegular, PufSpecial
 from fedforget.requests import InMemoryRequestQueue, UnlearningRequest
 from fedforget.simulation import backend_config
 from fedforget.store import InMemoryPseudoGradientStore, StoredPseudoGradient
-from fedforget.strategy import PUFStrategy, to_arrays, to_record
 from fedforget.task import evaluate_global_metrics, model_arrays, new_model
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -49,17 +51,24 @@ class RecordingStore(InMemoryPseudoGradientStore):
 
 @dataclass
 class SimulationRecord:
-    strategy: PUFStrategy
+    strategy: UnlearningStrategy
     store: RecordingStore
     models: dict[int, Arrays] = field(default_factory=dict)
+
+    def method(self, name: str) -> FederatedMethod:
+        return self.strategy.methods[name]
 
 
 def simulate_strategy(
     config: FederationConfig,
     requests: Iterable[UnlearningRequest] = (),
     client_app: ClientApp | None = None,
+    methods: Mapping[str, FederatedMethod] | None = None,
 ) -> SimulationRecord:
-    """Run build_strategy(config) in a Ray simulation; keep the global model of every round."""
+    """Run build_strategy(config) in a Ray simulation; keep the global model of every round.
+
+    Both PUF methods keep their pseudo-gradients in one RecordingStore (``record.store``).
+    """
     from clients.client_app import app as real_client_app
 
     captured: dict[str, SimulationRecord] = {}
@@ -68,7 +77,13 @@ def simulate_strategy(
     @server.main()
     def main(grid, context):
         store = RecordingStore()
-        strategy = build_strategy(config, InMemoryRequestQueue(requests), store)
+        context_ = method_context(config)
+        instances = {
+            "puf-special": PufSpecial(context_, store),
+            "puf-regular": PufRegular(context_, store),
+            **(methods or {}),
+        }
+        strategy = build_strategy(config, InMemoryRequestQueue(requests), instances)
         record = SimulationRecord(strategy, store)
 
         def evaluate(server_round, arrays):

@@ -1,4 +1,4 @@
-"""PUFStrategy in real Flower simulations on the Ray backend (3-4 clients, tiny rounds)."""
+"""The unlearning strategy with PUF in real Flower simulations on the Ray backend (3-4 clients, tiny rounds)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from flwr.clientapp import ClientApp
 from harness import TINY, simulate_strategy
 
 from clients import client_app as real
-from fedforget.puf import Contribution, puf_update
+from fedforget.arrays import to_record
+from fedforget.methods.puf import Contribution, puf_update
 from fedforget.requests import UnlearningRequest
-from fedforget.strategy import to_record
 from fedforget.task import model_arrays, model_with, train_client
 
 # Ray workers cannot import this test module: ship its functions by value.
@@ -76,7 +76,7 @@ def test_special_stored_moves_the_model_by_exactly_the_puf_update(special_stored
 
 def test_target_is_erased_and_never_contributes_again(special_stored):
     strategy, store = special_stored.strategy, special_stored.store
-    assert strategy.forgotten == {"1"}
+    assert strategy.directory.forgotten == {"1"}
     assert store.latest("1") is None
     assert strategy.rounds[3].phase == "recover"
     assert strategy.rounds[3].participants == ["0", "2"]
@@ -93,8 +93,8 @@ def test_regular_fresh_applies_concurrent_requests_in_one_step():
         num_partitions=4,
         num_server_rounds=3,
         unlearn_at_round=0,
-        unlearn_mode="regular",
-        unlearn_source="fresh",
+        method="puf-regular",
+        method_settings=(("puf.source", "fresh"),),
     )
     requests = [
         UnlearningRequest(("0",), not_before_round=3, request_id="a"),
@@ -105,7 +105,8 @@ def test_regular_fresh_applies_concurrent_requests_in_one_step():
     assert len(strategy.events) == 1
     event = strategy.events[0]
     assert event.clients == ("0", "2") and set(event.request_ids) == {"a", "b"}
-    assert event.server_round == 3 and event.mode == "regular" and event.source == "fresh"
+    assert event.server_round == 3 and event.method == "puf-regular"
+    assert event.settings["source"] == "fresh"
     assert strategy.rounds[2].participants == ["0", "1", "2", "3"]
     # remaining clients' updates of round 3 were stored; the targets' fresh ones were not
     remaining = record.store.put_in_round(3)
@@ -129,7 +130,7 @@ def test_regular_fresh_applies_concurrent_requests_in_one_step():
         targets,
         mode="regular",
         eta=20.0,
-        remaining={cid: e.contribution() for cid, e in remaining.items()},
+        remaining={cid: Contribution(e.pseudo_gradient, e.num_examples) for cid, e in remaining.items()},
     )
     assert_arrays_close(record.models[3], expected, atol=1e-5)
     # and it is not what plain FedAvg of everyone would have given
@@ -166,7 +167,7 @@ def bad_train(message: Message, context: Context) -> Message:
 
 def test_invalid_replies_are_neither_aggregated_nor_stored(caplog):
     config = TINY.replace(num_server_rounds=2, unlearn_at_round=0)
-    with caplog.at_level("WARNING", logger="fedforget.strategy"):
+    with caplog.at_level("WARNING", logger="fedforget.federated.replies"):
         record = simulate_strategy(config, client_app=bad_app)
     store, models = record.store, record.models
     assert [r.rejected_replies for r in record.strategy.rounds] == [1, 2]

@@ -1,4 +1,7 @@
-"""PUF's arithmetic as one pure function: arrays in, arrays out.
+"""PUF: negated pseudo-gradient updates (Mora et al., arXiv 2504.05822), two registry names.
+
+``puf-special`` and ``puf-regular`` are the two variants of the paper, built
+on one pure function, :func:`puf_update` (arrays in, arrays out).
 
 Notation (docs: ``puf-reference.md``): ``w`` is the global model the
 pseudo-gradients refer to, ``Delta_k = w_k - w`` the pseudo-gradient of client
@@ -29,15 +32,30 @@ Computation is in float64; results are cast back to each array's dtype.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fedforget.config import UNLEARN_MODES
+from fedforget.arrays import Arrays, is_float_array
+from fedforget.methods.base import (
+    TRAIN_ACTION,
+    ClientUpdate,
+    ConfigValue,
+    FederatedMethod,
+    MethodContext,
+    Needs,
+    RoundPlan,
+    StepFailed,
+    StepResult,
+    UnlearningStep,
+)
+from fedforget.store import InMemoryPseudoGradientStore, PseudoGradientStore, StoredPseudoGradient
 
-Arrays = dict[str, NDArray[np.generic]]
+UNLEARN_MODES = ("special", "regular")
+PSEUDO_GRADIENT_SOURCES = ("stored", "fresh")
 
 
 @dataclass(frozen=True)
@@ -46,11 +64,6 @@ class Contribution:
 
     pseudo_gradient: Mapping[str, NDArray[np.generic]]
     num_examples: int
-
-
-def is_float_array(array: NDArray[np.generic]) -> bool:
-    """True for the arrays PUF may change (floating-point dtypes)."""
-    return bool(np.issubdtype(array.dtype, np.floating))
 
 
 def puf_update(
@@ -137,16 +150,6 @@ def puf_update(
     return updated
 
 
-def update_norm(before: Mapping[str, NDArray[np.generic]], after: Arrays) -> float:
-    """L2 norm of ``after - before`` over the floating-point arrays."""
-    squared = 0.0
-    for name, value in before.items():
-        if is_float_array(value):
-            diff = np.asarray(after[name], np.float64) - np.asarray(value, np.float64)
-            squared += float(np.sum(diff * diff))
-    return float(np.sqrt(squared))
-
-
 def _check_arguments(
     global_arrays: Mapping[str, NDArray[np.generic]],
     targets: Mapping[str, Contribution],
@@ -184,3 +187,145 @@ def _check_arguments(
                     f"pseudo-gradient of client {cid} has shape {np.shape(delta)} for "
                     f"{name!r}; the model's is {value.shape}"
                 )
+
+
+class _Puf(FederatedMethod):
+    """PUF's step; the variant is the class's ``mode``."""
+
+    table = "puf"
+    defaults: ClassVar[Mapping[str, ConfigValue]] = {
+        "eta-special": 2.0,
+        "eta-regular": 20.0,
+        "source": "stored",
+    }
+    reference = "Mora et al., IEEE Trans. Big Data, arXiv 2504.05822"
+    mode: ClassVar[str]
+
+    def __init__(self, context: MethodContext, store: PseudoGradientStore | None = None) -> None:
+        super().__init__(context)
+        self.store: PseudoGradientStore = store or InMemoryPseudoGradientStore()
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:
+        """Positive etas and a known pseudo-gradient source."""
+        for key in ("eta-special", "eta-regular"):
+            value = settings[key]
+            if not (isinstance(value, int | float) and value > 0 and np.isfinite(value)):
+                return f"puf.{key} must be a finite number > 0, got {value!r}"
+        if settings["source"] not in PSEUDO_GRADIENT_SOURCES:
+            return (
+                f"puf.source must be one of {', '.join(PSEUDO_GRADIENT_SOURCES)}, "
+                f"got {settings['source']!r}"
+            )
+        return ""
+
+    def targets_must_be_online(self, settings: Mapping[str, ConfigValue]) -> bool:
+        """Only a fresh pseudo-gradient needs the targets: a stored one is on the server."""
+        return settings["source"] == "fresh"
+
+    def observe(self, server_round: int, sent: Arrays, updates: Sequence[ClientUpdate]) -> None:
+        """Keep each client's latest pseudo-gradient."""
+        for update in updates:
+            self.store.put(
+                update.client_id,
+                StoredPseudoGradient(update.delta, update.num_examples, server_round),
+            )
+
+    def refusal(self, targets: Sequence[str], settings: Mapping[str, ConfigValue]) -> str:
+        """A stored pseudo-gradient must exist for every target."""
+        if settings["source"] != "stored":
+            return ""
+        for client_id in targets:
+            if self.store.latest(client_id) is None:
+                return (
+                    f"client {client_id} has no stored pseudo-gradient yet: it has not "
+                    f"completed a training round; use puf.source='fresh' or wait"
+                )
+        return ""
+
+    def plan(
+        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+    ) -> RoundPlan:
+        """One round: Special trains nobody (stored) or the targets (fresh); Regular adds the rest."""
+        trainers = list(remaining) if self.mode == "regular" else []
+        if step.settings["source"] == "fresh":
+            trainers += list(step.targets)
+        return RoundPlan(
+            global_arrays,
+            {client_id: TRAIN_ACTION for client_id in trainers},
+            epochs=self.context.local_epochs if trainers else 0.0,
+        )
+
+    def apply(
+        self,
+        step: UnlearningStep,
+        global_arrays: Arrays,
+        plan: RoundPlan,
+        updates: Sequence[ClientUpdate],
+    ) -> StepResult:
+        """:func:`puf_update` of the round's model, the targets' and the remaining updates."""
+        by_client = {u.client_id: u for u in updates}
+        contributions: dict[str, Contribution] = {}
+        for client_id in step.targets:
+            if step.settings["source"] == "fresh":
+                if client_id in by_client:
+                    update = by_client[client_id]
+                    contributions[client_id] = Contribution(update.delta, update.num_examples)
+            else:
+                entry = self.store.latest(client_id)
+                if entry is not None:
+                    contributions[client_id] = Contribution(
+                        entry.pseudo_gradient, entry.num_examples
+                    )
+        missing = sorted(set(step.targets) - set(contributions))
+        if missing:
+            raise StepFailed(
+                f"client(s) {', '.join(missing)} returned no valid update in unlearning round "
+                f"{step.first_round}; nothing was forgotten: resubmit, or use puf.source='stored'"
+            )
+        remaining = [u for u in updates if u.client_id not in step.targets]
+        if self.mode == "regular":
+            self.observe(step.first_round, global_arrays, remaining)
+        eta = float(step.settings[f"eta-{self.mode}"])
+        new = puf_update(
+            global_arrays,
+            contributions,
+            mode=self.mode,
+            eta=eta,
+            remaining={u.client_id: Contribution(u.delta, u.num_examples) for u in remaining}
+            if self.mode == "regular"
+            else None,
+            statistic_keys=self.context.statistic_keys,
+        )
+        return StepResult(new)
+
+    def forget(self, client_ids: Sequence[str]) -> None:
+        """Erase the targets' stored pseudo-gradients."""
+        for client_id in client_ids:
+            self.store.erase(client_id)
+
+    def stored_bytes(self) -> int:
+        """The latest pseudo-gradient of every client: clients x model size."""
+        return self.store.nbytes()
+
+    def stored_clients(self) -> list[str]:
+        """Clients with a stored pseudo-gradient."""
+        return self.store.client_ids()
+
+
+class PufSpecial(_Puf):
+    """PUF-Special: one dedicated round, ``w - eta * weighted mean of the targets' updates``."""
+
+    name = "puf-special"
+    mode = "special"
+    needs = Needs(history="the latest update of each client (puf.source='stored')")
+    summary = "negate the targets' latest pseudo-gradients (x eta=2) in a dedicated round"
+
+
+class PufRegular(_Puf):
+    """PUF-Regular: the negated targets' updates folded into a FedAvg round of the others."""
+
+    name = "puf-regular"
+    mode = "regular"
+    needs = Needs(history="the latest update of each client (puf.source='stored')")
+    summary = "fold the targets' negated pseudo-gradients (x eta=20) into a FedAvg round"

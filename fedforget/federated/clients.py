@@ -1,0 +1,80 @@
+"""Who the clients are, which of them may take part, and seeded sampling.
+
+Per-client state is keyed by the stable client id each ClientApp reports (its
+partition id): Flower's ``node_id`` changes across runs and reconnects. A
+node that reports no id is keyed ``node-<node_id>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Collection, Iterable
+
+from flwr.app import Message
+
+from fedforget.protocol import IDENTITY_RECORD, PARTITION_ID_KEY, client_id_of_node, natural_order
+
+logger = logging.getLogger(__name__)
+
+
+class ClientDirectory:
+    """Node <-> client ids, forgotten and excluded clients, and seeded sampling.
+
+    Parameters
+    ----------
+    excluded : Collection[str] (default: ())
+        Clients that never take part (the retrained reference's targets).
+    seed : int (default: 0)
+        Seed of client sampling.
+
+    """
+
+    def __init__(self, excluded: Collection[str] = (), seed: int = 0) -> None:
+        self.node_clients: dict[int, str] = {}
+        self.forgotten: set[str] = set()
+        self.excluded = frozenset(excluded)
+        self._rng = random.Random(seed)
+
+    def known(self) -> set[str]:
+        """Client ids seen so far."""
+        return set(self.node_clients.values())
+
+    def unidentified(self, node_ids: Iterable[int]) -> list[int]:
+        """Nodes whose client id is not known yet."""
+        return [n for n in node_ids if n not in self.node_clients]
+
+    def learn(self, message: Message) -> str:
+        """The client id of a reply's sender; learns the node -> client mapping."""
+        node = message.metadata.src_node_id
+        client_id = client_id_of_node(node)
+        if not message.has_error():
+            identity = message.content.config_records.get(IDENTITY_RECORD)
+            if identity is not None and PARTITION_ID_KEY in identity:
+                client_id = str(identity[PARTITION_ID_KEY])
+        if self.node_clients.get(node) != client_id:
+            if client_id in self.forgotten:
+                logger.warning("Forgotten client %s reconnected as node %s: refused", client_id, node)
+            self.node_clients[node] = client_id
+        return client_id
+
+    def assume_unreported(self, node_ids: Iterable[int]) -> None:
+        """Key nodes that did not answer the identity query by their node id."""
+        for node in node_ids:
+            self.node_clients.setdefault(node, client_id_of_node(node))
+
+    def online(self, node_ids: Iterable[int]) -> dict[str, int]:
+        """Identified online clients -> node id, in client-id order."""
+        pairs = [(self.node_clients[n], n) for n in node_ids if n in self.node_clients]
+        return dict(sorted(pairs, key=lambda pair: natural_order(pair[0])))
+
+    def eligible(self, node_ids: Iterable[int], blocked: Collection[str] = ()) -> list[str]:
+        """Online clients that are neither forgotten, excluded nor ``blocked``."""
+        stop = self.forgotten | self.excluded | set(blocked)
+        return [c for c in self.online(node_ids) if c not in stop]
+
+    def sample(self, client_ids: list[str], count: int) -> list[str]:
+        """``count`` of ``client_ids`` (all if fewer), drawn by the seeded generator."""
+        if count >= len(client_ids):
+            return list(client_ids)
+        return sorted(self._rng.sample(client_ids, count), key=natural_order)

@@ -1,0 +1,436 @@
+"""UnlearningStrategy: Flower's FedAvg that forgets clients with any registered method.
+
+The strategy knows no method. Per round, ``configure_train`` identifies new
+nodes, asks :class:`~fedforget.federated.intake.Intake` for the step of this
+boundary and sends either an ordinary FedAvg round of the eligible clients or
+the round the step's method plans; ``aggregate_train`` validates the replies
+(:mod:`~fedforget.federated.replies`) and either averages them (and lets the
+methods that keep history observe them) or hands them to the method. When a
+step completes, its targets are forgotten for good: every method erases what
+it kept of them and they are never sampled again, also under a new node id.
+
+Stopping rule: with ``recovery_target`` > 0 the run ends at the first
+evaluation after a completed step whose ``recovery_metric`` reaches it (the
+retrained model's test accuracy in the paper's protocol); otherwise it runs
+``num_rounds``, which is then the cap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+
+from fedforget.arrays import Arrays, all_finite, record_nbytes, to_arrays, to_record, update_norm
+from fedforget.federated.clients import ClientDirectory
+from fedforget.federated.intake import Intake
+from fedforget.federated.records import (
+    FederationStatus,
+    RoundRecord,
+    UnlearningEvent,
+)
+from fedforget.federated.replies import accept_replies
+from fedforget.methods.base import (
+    TRAIN_ACTION,
+    ClientUpdate,
+    FederatedMethod,
+    RoundPlan,
+    StepFailed,
+    StepResult,
+    UnlearningStep,
+    fedavg,
+)
+from fedforget.protocol import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    IDENTITY_RECORD,
+    ROUND_KEY,
+    STEP_ARRAYS_PREFIX,
+    natural_order,
+)
+from fedforget.requests import RequestQueue
+
+logger = logging.getLogger(__name__)
+
+IDENTITY_QUERY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class _ActiveStep:
+    step: UnlearningStep
+    method: FederatedMethod
+    model_before: Arrays
+    stored_bytes: int
+    index: int = 0
+
+
+class UnlearningStrategy(FedAvg):
+    """FedAvg that applies unlearning steps of registered methods at round boundaries.
+
+    Parameters
+    ----------
+    methods : Mapping[str, FederatedMethod]
+        This run's method instances, by registry name.
+    intake : Intake
+        Turns the queue's due requests into steps.
+    kept : Collection[str]
+        Methods that observe every ordinary round (keep history).
+    directory : ClientDirectory
+        Client identities, forgotten and excluded clients, seeded sampling.
+    local_epochs : float
+        Local epochs of an ordinary training round (for the cost records).
+    recovery_target : float (default: 0.0)
+        Stop once ``recovery_metric`` reaches this after a step; 0 = never.
+    recovery_metric : str (default: "accuracy")
+        Key of the server-side evaluation MetricRecord the target refers to.
+    **fedavg_kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        methods: Mapping[str, FederatedMethod],
+        intake: Intake,
+        kept: Collection[str],
+        directory: ClientDirectory,
+        local_epochs: float,
+        recovery_target: float = 0.0,
+        recovery_metric: str = "accuracy",
+        **fedavg_kwargs: object,
+    ) -> None:
+        super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
+        self.methods = dict(methods)
+        self.intake = intake
+        self.kept = tuple(kept)
+        self.directory = directory
+        self.local_epochs = local_epochs
+        self.recovery_target = recovery_target
+        self.recovery_metric = recovery_metric
+        self.events: list[UnlearningEvent] = []
+        self.rounds: list[RoundRecord] = []
+        self.status = FederationStatus(
+            method=intake.default_method,
+            methods_kept=self.kept,
+            clients_excluded=tuple(sorted(directory.excluded, key=natural_order)),
+        )
+        self._active: _ActiveStep | None = None
+        self._global: Arrays = {}
+        self._plan = RoundPlan({})
+        self._round_started = time.monotonic()
+
+    @property
+    def requests(self) -> RequestQueue:
+        """The queue the strategy takes requests from."""
+        return self.intake.queue
+
+    # ------------------------------------------------------------------ info
+    def summary(self) -> None:
+        """Log the strategy's configuration."""
+        super().summary()
+        logger.info(
+            "\t└──> unlearning: default method %s, history kept for %s, excluded %s",
+            self.intake.default_method,
+            ", ".join(self.kept) or "none",
+            sorted(self.directory.excluded),
+        )
+
+    # ------------------------------------------------------------- the loop
+    def start(  # noqa: PLR0913 (Flower's signature, plus first_round)
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        first_round: int = 1,
+    ) -> Result:
+        """Run rounds ``first_round..num_rounds``; end early once the stopping rule is met.
+
+        Flower's round loop (train, client-side evaluation, server-side
+        evaluation), started at ``first_round`` so that a run can go on from
+        a model trained earlier (its rounds, and so its clients' seeds, go on).
+        """
+        train_config = train_config or ConfigRecord()
+        evaluate_config = evaluate_config or ConfigRecord()
+        result = Result()
+        arrays = initial_arrays
+        if evaluate_fn and first_round == 1:
+            metrics = evaluate_fn(0, arrays)
+            if metrics is not None:
+                result.evaluate_metrics_serverapp[0] = metrics
+        for server_round in range(first_round, num_rounds + 1):
+            replies = grid.send_and_receive(
+                self.configure_train(server_round, arrays, train_config, grid), timeout=timeout
+            )
+            new_arrays, _ = self.aggregate_train(server_round, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+            evaluation = grid.send_and_receive(
+                self.configure_evaluate(server_round, arrays, evaluate_config, grid),
+                timeout=timeout,
+            )
+            client_metrics = self.aggregate_evaluate(server_round, evaluation)
+            if client_metrics is not None:
+                result.evaluate_metrics_clientapp[server_round] = client_metrics
+            metrics = evaluate_fn(server_round, arrays) if evaluate_fn else None
+            if metrics is not None:
+                result.evaluate_metrics_serverapp[server_round] = metrics
+            if self._recovered(server_round, metrics):
+                logger.info(
+                    "Recovery complete after round %s: %s >= %.4f",
+                    server_round,
+                    self.recovery_metric,
+                    self.recovery_target,
+                )
+                break
+        result.arrays = arrays
+        return result
+
+    def _recovered(self, server_round: int, metrics: MetricRecord | None) -> bool:
+        if not (self.recovery_target > 0 and self.events and metrics is not None):
+            return False
+        if self._active is not None:
+            return False
+        value = metrics.get(self.recovery_metric)
+        return (
+            server_round >= self.events[-1].server_round
+            and isinstance(value, int | float)
+            and value >= self.recovery_target
+        )
+
+    # -------------------------------------------------------------- training
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Identify new nodes, take the boundary's step, plan the round, build its messages."""
+        self._round_started = time.monotonic()
+        self._wait_for_nodes(grid)
+        self._identify_nodes(grid)
+        self._global = to_arrays(arrays)
+        node_ids = list(grid.get_node_ids())
+        online = self.directory.online(node_ids)
+        if self._active is None:
+            step = self.intake.take(server_round, self.directory, set(online))
+            if step is not None:
+                method = self.methods[step.method]
+                self._active = _ActiveStep(step, method, self._global, method.stored_bytes())
+        if self._active is not None:
+            active = self._active
+            remaining = self.directory.eligible(node_ids, blocked=active.step.targets)
+            plan = active.method.plan(active.step, self._global, remaining, active.index)
+            # clients run the step with its settings (the request's options included)
+            table = type(active.method).table
+            plan.config = {
+                **{f"{table}.{key}": value for key, value in active.step.settings.items()},
+                **plan.config,
+            }
+            phase, method_name = "unlearn", active.step.method
+        else:
+            eligible = self.directory.eligible(node_ids)
+            count = max(int(len(eligible) * self.fraction_train), self.min_train_nodes)
+            chosen = self.directory.sample(eligible, count)
+            plan = RoundPlan(
+                self._global, dict.fromkeys(chosen, TRAIN_ACTION), epochs=self.local_epochs
+            )
+            phase, method_name = ("recover" if self.events else "train"), ""
+        self._plan = plan
+        messages, bytes_down = self._messages(server_round, plan, config, online)
+        asked = sorted(plan.clients, key=natural_order)
+        self.rounds.append(
+            RoundRecord(
+                server_round,
+                phase,
+                [c for c in asked if c in online],
+                method=method_name,
+                actions={c: a for c, a in plan.clients.items() if a != TRAIN_ACTION},
+                bytes_down=bytes_down,
+            )
+        )
+        self._publish_status(server_round)
+        logger.info("configure_train: round %s (%s), %s clients", server_round, phase, len(messages))
+        return messages
+
+    def _messages(
+        self,
+        server_round: int,
+        plan: RoundPlan,
+        config: ConfigRecord,
+        online: Mapping[str, int],
+    ) -> tuple[list[Message], int]:
+        """One message per planned online client; the bytes of model arrays they carry."""
+        round_config = ConfigRecord({**dict(config), **plan.config, ROUND_KEY: server_round})
+        records = {ARRAYS_KEY: to_record(plan.arrays)}
+        for name, extra in plan.extra.items():
+            records[f"{STEP_ARRAYS_PREFIX}{name}"] = to_record(extra)
+        content = RecordDict({**records, CONFIG_KEY: round_config})
+        per_message = record_nbytes(records.values())
+        messages = []
+        for client_id, action in plan.clients.items():
+            if client_id not in online:
+                logger.warning("Client %s is offline: round %s goes on without it", client_id, server_round)
+                continue
+            message_type = "train" if action == TRAIN_ACTION else f"train.{action}"
+            messages.append(
+                Message(content=content, dst_node_id=online[client_id], message_type=message_type)
+            )
+        return messages, per_message * len(messages)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate replies, then average them or hand them to the step's method."""
+        replies = list(replies)
+        record = self.rounds[-1]
+        record.bytes_up = sum(
+            record_nbytes(m.content.array_records.values()) for m in replies if not m.has_error()
+        )
+        updates, record.rejected_replies = accept_replies(
+            replies, self._plan.arrays, self.directory, self._plan.clients
+        )
+        record.contributors = [u.client_id for u in updates]
+        record.client_epochs = self._plan.epochs * len(updates)
+        if self._active is not None:
+            new = self._step_round(server_round, updates)
+        elif updates:
+            new = fedavg(self._plan.arrays, updates)
+            for name in self.kept:
+                self.methods[name].observe(server_round, self._plan.arrays, updates)
+        else:
+            new = None
+        record.round_s = time.monotonic() - self._round_started
+        self._publish_status(server_round)
+        return (to_record(new) if new is not None else None), None
+
+    def _step_round(self, server_round: int, updates: list[ClientUpdate]) -> Arrays:
+        """One round of the active step; completes or abandons it when due."""
+        active = self._active
+        assert active is not None
+        try:
+            result = active.method.apply(active.step, self._global, self._plan, updates)
+            if not all_finite(result.arrays):
+                raise StepFailed(
+                    f"{active.step.method} produced NaN or Inf values; the model was left as it "
+                    f"was: resubmit with smaller settings"
+                )
+        except StepFailed as failure:
+            return self._abandon(server_round, str(failure), updates)
+        active.index += 1
+        if result.done:
+            self._complete(server_round, result)
+        return result.arrays
+
+    def _complete(self, server_round: int, result: StepResult) -> None:
+        active = self._active
+        assert active is not None
+        step = active.step
+        self._active = None
+        norm = update_norm(active.model_before, result.arrays)
+        self.directory.forgotten.update(step.targets)
+        for method in self.methods.values():  # no method keeps anything of a forgotten client
+            method.forget(step.targets)
+        for request in step.requests:
+            self.requests.mark_applied(request.request_id, server_round, norm)
+        self.events.append(
+            UnlearningEvent(
+                server_round=server_round,
+                first_round=step.first_round,
+                method=step.method,
+                clients=step.targets,
+                request_ids=tuple(r.request_id for r in step.requests),
+                settings=dict(step.settings),
+                update_norm=norm,
+                applied_at=time.time(),
+                stored_bytes=active.stored_bytes,
+                model_before=active.model_before,
+            )
+        )
+        logger.info(
+            "%s forgot client(s) %s in rounds %s-%s (update norm %.4f)",
+            step.method,
+            ", ".join(step.targets),
+            step.first_round,
+            server_round,
+            norm,
+        )
+
+    def _abandon(self, server_round: int, reason: str, updates: list[ClientUpdate]) -> Arrays:
+        """End a failed step: requests rejected, the global model as it was before the step.
+
+        If the round sent the global model, the remaining clients' ordinary
+        updates are still averaged, so the round is not lost.
+        """
+        active = self._active
+        assert active is not None
+        self._active = None
+        for request in active.step.requests:
+            self.requests.mark_rejected(request.request_id, reason)
+        logger.warning("Unlearning step in round %s failed: %s", server_round, reason)
+        self.rounds[-1].phase = "recover" if self.events else "train"
+        ordinary = [
+            u
+            for u in updates
+            if self._plan.clients.get(u.client_id) == TRAIN_ACTION
+            and u.client_id not in active.step.targets
+        ]
+        if active.index == 0 and ordinary and self._plan.arrays is self._global:
+            return fedavg(self._global, ordinary)
+        return active.model_before
+
+    # ------------------------------------------------------------ evaluation
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Federated evaluation on a fraction of the clients still taking part."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        node_ids = list(grid.get_node_ids())
+        online = self.directory.online(node_ids)
+        eligible = self.directory.eligible(node_ids)
+        count = max(int(len(eligible) * self.fraction_evaluate), self.min_evaluate_nodes)
+        config[ROUND_KEY] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        nodes = [online[c] for c in self.directory.sample(eligible, count)]
+        return self._construct_messages(record, nodes, "evaluate")
+
+    # --------------------------------------------------------------- helpers
+    def _wait_for_nodes(self, grid: Grid) -> None:
+        while len(list(grid.get_node_ids())) < self.min_available_nodes:
+            logger.info("Waiting for at least %s nodes to connect", self.min_available_nodes)
+            time.sleep(1.0)
+
+    def _identify_nodes(self, grid: Grid) -> None:
+        """Ask nodes not seen before for their client id."""
+        unknown = self.directory.unidentified(grid.get_node_ids())
+        if not unknown:
+            return
+        query = RecordDict({self.configrecord_key: ConfigRecord({"query": IDENTITY_RECORD})})
+        replies = grid.send_and_receive(
+            self._construct_messages(query, unknown, "query"), timeout=IDENTITY_QUERY_TIMEOUT_S
+        )
+        for reply in replies:
+            self.directory.learn(reply)
+        self.directory.assume_unreported(unknown)
+
+    def _publish_status(self, server_round: int) -> None:
+        """Replace the status snapshot the API reads."""
+        directory = self.directory
+        kept = [self.methods[name] for name in self.kept]
+        self.status = FederationStatus(
+            current_round=server_round,
+            method=self.intake.default_method,
+            methods_kept=self.kept,
+            clients_seen=tuple(sorted(directory.known(), key=natural_order)),
+            clients_forgotten=tuple(sorted(directory.forgotten, key=natural_order)),
+            clients_excluded=tuple(sorted(directory.excluded, key=natural_order)),
+            stored_clients=len({c for m in kept for c in m.stored_clients()}),
+            stored_bytes=sum(m.stored_bytes() for m in kept),
+        )

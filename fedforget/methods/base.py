@@ -1,0 +1,284 @@
+"""What a federated unlearning method is: the interface the spine calls.
+
+The spine (:mod:`fedforget.federated`) runs the rounds, knows the clients and
+takes the requests; a method decides what one unlearning step does. A step
+takes one or more rounds. In each, the spine asks the method for a
+:class:`RoundPlan` (which model to send, to which clients, with which action),
+sends it, validates the replies, and hands them to :meth:`FederatedMethod.apply`,
+which returns the new global model and whether the step is done. After the
+step the spine forgets the targets for good and recovers with the remaining
+clients (plain FedAvg).
+
+Between steps every method :meth:`~FederatedMethod.observe`\\ s the ordinary
+rounds, which is where PUF keeps each client's latest update and FedEraser its
+history. Client-side computation (PGA's ascent, FedQUIT's distillation, ...)
+runs in the ClientApp as the Flower action named after the method
+(``train.<name>``): :attr:`FederatedMethod.client_step` is that function.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from fedforget.arrays import Arrays
+
+ConfigValue = int | float | str | bool
+TRAIN_ACTION = "train"
+"""The ordinary local training every ClientApp runs."""
+
+
+class StepFailed(Exception):
+    """A step could not complete (e.g. a target sent no valid update); nothing is forgotten."""
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs from the federation; a request that cannot meet it is refused.
+
+    Attributes
+    ----------
+    target_online : bool
+        The targets must answer in the unlearning round (their data is used).
+    history : str
+        What the server must keep from ordinary rounds ("" for nothing), e.g.
+        "the latest update of each client" or "every client update".
+    client_step : str
+        Extra computation on clients, in words ("" for none).
+    tasks : tuple[str, ...]
+        Task types the method applies to.
+    concurrent : bool
+        Whether one step may forget several clients at once.
+
+    """
+
+    target_online: bool = False
+    history: str = ""
+    client_step: str = ""
+    tasks: tuple[str, ...] = ("classification", "segmentation")
+    concurrent: bool = True
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """A validated reply: the client's returned model and its update against what it got."""
+
+    client_id: str
+    arrays: Arrays
+    delta: Arrays
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class UnlearningStep:
+    """One step that forgets ``targets`` with ``method``, as the spine chose it."""
+
+    requests: tuple[Any, ...]  # the UnlearningRequests served together
+    method: str
+    targets: tuple[str, ...]
+    settings: Mapping[str, ConfigValue]
+    first_round: int
+
+
+@dataclass
+class RoundPlan:
+    """What one round of a step sends.
+
+    ``clients`` maps each client id to its action: :data:`TRAIN_ACTION` or the
+    method's own client step (its registry name). ``epochs`` is the local
+    epochs each of them runs (for the cost record), ``config`` overrides run
+    config keys in their messages and ``extra`` adds ArrayRecords (name to
+    arrays) for a client step.
+    """
+
+    arrays: Arrays
+    clients: dict[str, str] = field(default_factory=dict)
+    epochs: float = 0.0
+    config: dict[str, ConfigValue] = field(default_factory=dict)
+    extra: dict[str, Arrays] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The global model after a round of a step, and whether the step is complete."""
+
+    arrays: Arrays
+    done: bool = True
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know about the federation's model and recipe."""
+
+    initial_arrays: Arrays
+    statistic_keys: frozenset[str]
+    first_conv_key: str
+    head_keys: tuple[str, ...]
+    task: str
+    local_epochs: int
+    seed: int
+    random_arrays: Callable[[int], Arrays]
+    """The model freshly initialised under another seed."""
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """A client's training data as a client step sees it."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    task: str
+    num_classes: int
+    batch_size: int
+    device: torch.device
+
+
+class ClientStep(Protocol):
+    """A method's computation on a client: changes ``model`` in place."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        data: ClientData,
+        settings: Mapping[str, ConfigValue],
+        extra: Mapping[str, dict[str, torch.Tensor]],
+        seed: int,
+    ) -> float:
+        """Run the step; return its mean loss."""
+        ...
+
+
+class FederatedMethod(ABC):
+    """A federated unlearning method: one subclass per file, one registry line.
+
+    Class attributes declare the method: ``name`` (its registry name),
+    ``table`` (its run-config table: ``<table>.<key>``), ``defaults`` (its
+    settings), ``needs``, ``reference`` (the paper) and ``summary`` (one line).
+    """
+
+    name: ClassVar[str]
+    table: ClassVar[str]
+    defaults: ClassVar[Mapping[str, ConfigValue]] = {}
+    needs: ClassVar[Needs] = Needs()
+    reference: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    client_step: ClassVar[ClientStep | None] = None
+
+    def __init__(self, context: MethodContext) -> None:
+        self.context = context
+
+    # ------------------------------------------------------------- settings
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:
+        """Why ``settings`` are invalid for this method ('' if they are valid)."""
+        del settings
+        return ""
+
+    # --------------------------------------------------------- ordinary rounds
+    def observe(self, server_round: int, sent: Arrays, updates: Sequence[ClientUpdate]) -> None:
+        """See an ordinary round's validated updates (default: keep nothing)."""
+
+    # -------------------------------------------------------------- the step
+    def targets_must_be_online(self, settings: Mapping[str, ConfigValue]) -> bool:
+        """Whether the targets must answer in the step (default: ``needs.target_online``)."""
+        del settings
+        return self.needs.target_online
+
+    def refusal(self, targets: Sequence[str], settings: Mapping[str, ConfigValue]) -> str:
+        """Why this method cannot forget ``targets`` now ('' if it can)."""
+        del targets, settings
+        return ""
+
+    @abstractmethod
+    def plan(
+        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+    ) -> RoundPlan:
+        """The ``index``-th round (0, 1, ...) of ``step``; ``remaining`` are the eligible clients."""
+
+    @abstractmethod
+    def apply(
+        self,
+        step: UnlearningStep,
+        global_arrays: Arrays,
+        plan: RoundPlan,
+        updates: Sequence[ClientUpdate],
+    ) -> StepResult:
+        """The global model after the round ``plan`` described, from its validated replies."""
+
+    def forget(self, client_ids: Sequence[str]) -> None:
+        """Erase what the server keeps of ``client_ids`` (right to be forgotten)."""
+        del client_ids
+
+    def stored_bytes(self) -> int:
+        """Bytes the method keeps on the server now."""
+        return 0
+
+    def stored_clients(self) -> list[str]:
+        """Clients the method keeps something of."""
+        return []
+
+
+def weights_by_examples(updates: Sequence[ClientUpdate]) -> list[tuple[float, ClientUpdate]]:
+    """Each update with its FedAvg weight ``n_k / sum n``."""
+    total = sum(u.num_examples for u in updates)
+    return [(u.num_examples / total, u) for u in updates]
+
+
+def fedavg(sent: Arrays, updates: Sequence[ClientUpdate]) -> Arrays:
+    """FedAvg of ``updates`` computed against ``sent`` (the model they trained from).
+
+    Every floating-point array (parameters and running statistics) moves by the
+    example-weighted mean update; integer arrays keep ``sent``'s values.
+    """
+    from fedforget.arrays import weighted_sum
+
+    return weighted_sum(sent, [(w, u.delta) for w, u in weights_by_examples(updates)])
+
+
+def method_settings(
+    method: type[FederatedMethod], overrides: Mapping[str, ConfigValue]
+) -> dict[str, ConfigValue]:
+    """The method's defaults with ``overrides`` (keys of its table) applied and type-checked.
+
+    Raises
+    ------
+    ValueError
+        On a key the method does not have, or a value of another type; the
+        message names the key and the valid ones.
+
+    """
+    settings = dict(method.defaults)
+    for key, value in overrides.items():
+        if key not in settings:
+            valid = ", ".join(sorted(method.defaults)) or "none"
+            raise ValueError(
+                f"{method.table}.{key} is not a setting of {method.name}; its settings are: "
+                f"{valid}"
+            )
+        settings[key] = coerce_setting(f"{method.table}.{key}", value, settings[key])
+    return settings
+
+
+def coerce_setting(key: str, value: object, default: ConfigValue) -> ConfigValue:
+    """``value`` as the type of ``default``, or a ValueError naming ``key``."""
+    expected = type(default)
+    if expected is bool and isinstance(value, bool):
+        return value
+    if expected is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if expected is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if expected is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if expected is str and isinstance(value, str):
+        return value
+    raise ValueError(
+        f"{key} must be of type {expected.__name__}, got {value!r} ({type(value).__name__})"
+    )
