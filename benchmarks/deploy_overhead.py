@@ -20,7 +20,7 @@ from record import report
 
 from fedforget.config import FederationConfig
 from fedforget.deploy import LocalDeployment, running
-from fedforget.federation import HISTORY_FILE
+from fedforget.federated.federation import HISTORY_FILE
 from fedforget.simulation import simulate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ import torch
 from record import report
 
 from fedforget.config import FederationConfig
-from fedforget.federation import HISTORY_FILE
+from fedforget.federated.federation import HISTORY_FILE
 from fedforget.simulation import simulate
 from fedforget.task import new_model, train_client
 

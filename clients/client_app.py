@@ -58,7 +58,8 @@ def identity(context: Context) -> ConfigRecord:
 
 def task_config(message: Message) -> FederationConfig:
     """The run configuration the server sent with this message."""
-    return FederationConfig.from_run_config(dict(message.content[CONFIG_KEY]))
+    config = dict(message.content[CONFIG_KEY])
+    return FederationConfig.from_run_config(config, known_tables_only=True)
 
 
 def model_reply(

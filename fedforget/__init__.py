@@ -5,8 +5,8 @@ The PUF arithmetic is importable without Flower::
     from fedforget import Contribution, puf_update
 """
 
-from fedforget.config import ConfigError, FederationConfig
 from fedforget.arrays import update_norm
+from fedforget.config import ConfigError, FederationConfig
 from fedforget.methods.puf import Contribution, puf_update
 from fedforget.requests import InMemoryRequestQueue, RequestQueue, UnlearningRequest
 from fedforget.store import (

@@ -9,10 +9,13 @@ float checks), so no method writes its own.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:  # the arithmetic needs no Flower; only the record conversions do
+    from flwr.app import ArrayRecord
 
 Arrays = dict[str, NDArray[np.generic]]
 
@@ -29,6 +32,8 @@ def to_arrays(record: ArrayRecord) -> Arrays:
 
 def to_record(arrays: Mapping[str, NDArray[np.generic]]) -> ArrayRecord:
     """A dict of numpy arrays as an ArrayRecord."""
+    from flwr.app import Array, ArrayRecord
+
     # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them shape (1,))
     return ArrayRecord(
         {name: Array(np.require(value, requirements="C")) for name, value in arrays.items()}

@@ -1,9 +1,11 @@
 """The ``fedforget`` command line.
 
-``fedforget run`` runs the main job (original vs PUF vs retrained reference) on
-Flower's Ray simulation backend. Configuration uses Flower's run-config syntax:
-``--run-config "unlearn-clients='0,3' num-server-rounds=50"`` or a TOML file of
-the same keys (``--run-config experiments/digits.toml``).
+``fedforget run`` runs the main job (original vs the run's unlearning method vs
+the retrained reference) and ``fedforget compare`` every registered method on
+the same original model, on Flower's Ray simulation backend. Configuration
+uses Flower's run-config syntax: ``--run-config "unlearn-clients='0,3'
+num-server-rounds=50"`` or a TOML file of the same keys
+(``--run-config experiments/digits.toml``).
 """
 
 from __future__ import annotations
@@ -41,62 +43,96 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
-        help="train, forget with PUF, recover, and compare with the retrained reference",
+        help="train, forget with the run's method, recover, and compare with the retrained "
+        "reference",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    run.add_argument(
+    compare = commands.add_parser(
+        "compare",
+        help="apply every unlearning method to the same original model and compare them",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument(
+        "--methods",
+        help="comma-separated registry names (default: every registered method)",
+    )
+    for sub in (run, compare):
+        _add_run_options(sub)
+    add_unlearn_parser(commands)
+    add_deploy_parser(commands)
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``run`` and ``compare``."""
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})"
+    )
+    parser.add_argument(
         "--run-config",
         action="append",
         metavar="CONFIG",
         help="key=value pairs (\"num-server-rounds=50 unlearn-clients='0,3'\") or a .toml file",
     )
-    run.add_argument("--dataset", help="shortcut for --run-config dataset=NAME")
-    run.add_argument(
+    parser.add_argument("--dataset", help="shortcut for --run-config dataset=NAME")
+    parser.add_argument(
         "--data-dir",
         help="shortcut for --run-config data-dir=PATH (also next to a .toml file, which "
         "flwr's syntax does not combine with key=value pairs)",
     )
-    run.add_argument(
+    parser.add_argument(
         "--recovery-stop",
         choices=("retrain-acc", "budget"),
         default="retrain-acc",
         help="stop recovery once test accuracy reaches the retrained model's "
         "(default), or run the whole num-server-rounds budget",
     )
-    run.add_argument("--num-cpus", type=int, help="CPUs for Ray (default: all)")
-    run.add_argument(
+    parser.add_argument("--num-cpus", type=int, help="CPUs for Ray (default: all)")
+    parser.add_argument(
         "--num-gpus",
         type=float,
         help="GPU share of each virtual client, e.g. 0.25 = four clients per GPU "
         "(default: 0.25 when a GPU is visible, else 0)",
     )
-    run.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
-    add_unlearn_parser(commands)
-    add_deploy_parser(commands)
-    return parser
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
 
 
-def command_run(args: argparse.Namespace) -> int:
-    """``fedforget run``."""
-    from fedforget.experiment import run_experiment
-    from fedforget.results import format_table
-
+def _config(args: argparse.Namespace) -> FederationConfig:
     overrides = parse_run_config(args.run_config)
     if args.dataset:
         overrides["dataset"] = args.dataset
     if args.data_dir:
         overrides["data-dir"] = args.data_dir
-    config = FederationConfig.from_run_config(overrides)
+    return FederationConfig.from_run_config(overrides)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    """``fedforget run`` and ``fedforget compare``."""
+    from fedforget.comparison import resolve_methods, run_comparison, run_main_job
+    from fedforget.results import format_table
+
+    config = _config(args)
     out_dir = Path(args.out)
+    if args.command == "compare":
+        methods = resolve_methods(args.methods.split(",") if args.methods else None)
+        what = f"compare {', '.join(methods)}"
+    else:
+        methods = [config.method]
+        what = config.method
     print(
         f"fedforget: {config.dataset}, {config.num_partitions} clients, forget client(s) "
-        f"{', '.join(config.targets)} after round {config.unlearn_at_round} "
-        f"(PUF-{config.unlearn_mode}, {config.unlearn_source}); output in {out_dir}",
+        f"{', '.join(config.targets)} after round {config.unlearn_at_round} ({what}); "
+        f"output in {out_dir}",
         flush=True,
     )
-    results = run_experiment(config, out_dir, args.recovery_stop, args.num_cpus, args.num_gpus)
+    options = (args.recovery_stop, args.num_cpus, args.num_gpus)
+    results = (
+        run_comparison(config, out_dir, methods, *options)
+        if args.command == "compare"
+        else run_main_job(config, out_dir, *options)
+    )
     print()
     print(format_table(results))
     print(f"\nresults: {out_dir / 'results.json'} ({results['timing']['total_s']:.0f} s)")
@@ -111,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command == "run":
+        if args.command in ("run", "compare"):
             return command_run(args)
         if args.command == "unlearn":
             return command_unlearn(args)

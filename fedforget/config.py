@@ -112,15 +112,23 @@ class FederationConfig:
         return attribute.replace("_", "-")
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
+    def from_run_config(
+        cls, run_config: Mapping[str, Any], *, known_tables_only: bool = False
+    ) -> FederationConfig:
         """Build and validate a config from a Flower run config (hyphenated keys).
 
         Missing keys take their defaults; unknown keys and values of the wrong
-        type raise :class:`ConfigError` naming the key.
+        type raise :class:`ConfigError` naming the key. With
+        ``known_tables_only`` (ClientApps), settings of method tables this
+        process does not know are ignored: a plug-in registered in the server
+        process alone has no client step, so its settings mean nothing here.
         """
         known = {cls.key(f.name): f for f in fields(cls) if f.name != "method_settings"}
         dotted = {k: v for k, v in run_config.items() if "." in k}
         unknown = sorted(set(run_config) - set(known) - set(dotted) - {"server-round"})
+        if known_tables_only:
+            tables = {key.split(".", 1)[0] for key in _method_defaults()}
+            dotted = {k: v for k, v in dotted.items() if k.split(".", 1)[0] in tables}
         if unknown:
             raise ConfigError(
                 f"unknown configuration key(s) {', '.join(unknown)}; "

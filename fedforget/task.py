@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedforget.arrays import Arrays
 from fedforget.config import FederationConfig
 from fedforget.data import FederatedData, load_federated_data
 from fedforget.data.augment import get_augmentation
-from fedforget.models import build_model, load_pretrained
-from fedforget.arrays import Arrays
 from fedforget.methods.base import ClientData
+from fedforget.models import build_model, load_pretrained
 from fedforget.training import evaluate_task, resolve_device, train
 
 SCORE_NAMES = {"classification": "accuracy", "segmentation": "dice"}

@@ -10,7 +10,8 @@ from schemathesis.generation import GenerationMode
 
 from fedforget.api.server import live_api
 from fedforget.config import FederationConfig
-from fedforget.federation import build_strategy
+from fedforget.federated.federation import build_strategy
+from fedforget.methods import method_class, method_names
 
 MAX_EXAMPLES = 40  # per operation and mode: about 20 s in all on 2 cores
 
@@ -33,7 +34,8 @@ def served(tmp_path, monkeypatch):
 def test_api_conforms_to_its_openapi_schema(served):
     """Generated calls (valid and invalid) never cause a 5xx or an undocumented answer.
 
-    Only 202 answers may queue anything, and never a client outside 0..2.
+    Only 202 answers may queue anything, never a client outside 0..2, and only
+    registered methods with options among their settings.
     """
     url, strategy = served
     auth = {"Authorization": "Bearer fuzz-token"}
@@ -62,6 +64,8 @@ def test_api_conforms_to_its_openapi_schema(served):
     queued = strategy.requests.all()
     assert {r.request_id for r in queued} == accepted
     assert all(set(r.client_ids) <= {"0", "1", "2"} for r in queued)
+    assert all(r.method in method_names() for r in queued)
+    assert all(set(r.options) <= set(method_class(r.method).defaults) for r in queued)
 
 
 def _checks():

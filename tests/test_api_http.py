@@ -1,7 +1,8 @@
-"""The unlearning API over real HTTP on loopback, around a real (idle) PUF strategy."""
+"""The unlearning API over real HTTP on loopback, around a real (idle) unlearning strategy."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,12 +10,14 @@ import httpx
 import pytest
 
 from fedforget.api.auth import ApiStartError, resolve_token
+from fedforget.api.cli import parse_option
 from fedforget.api.client import ApiError, UnlearningClient
 from fedforget.api.server import live_api
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
 from fedforget.cli import main as fedforget
 from fedforget.config import ConfigError, FederationConfig
-from fedforget.federation import build_strategy
+from fedforget.federated.federation import build_strategy
+from fedforget.methods import method_names
 from fedforget.requests import UnlearningRequest
 
 IDLE = FederationConfig(
@@ -32,7 +35,7 @@ def api(tmp_path, monkeypatch):
     monkeypatch.delenv("FEDFORGET_API_TOKEN", raising=False)
     config = IDLE.replace(state_dir=str(tmp_path))
     earlier = SQLiteRequestQueue.in_state_dir(tmp_path)
-    earlier.submit(UnlearningRequest(("2",), request_id="earlier"))
+    earlier.submit(UnlearningRequest(("2",), method="not", request_id="earlier"))
     earlier.mark_applied("earlier", 5, 1.5)
     strategy = build_strategy(config)
     with live_api(config, strategy) as server:
@@ -44,16 +47,66 @@ def api(tmp_path, monkeypatch):
 def test_submit_returns_202_and_the_request_reads_back_queued(api):
     """202 with an id and a Location; GET returns it queued; status lists it as pending."""
     client, strategy, _ = api
-    response = client._http.post("/v1/unlearning-requests", json={"client_ids": [1, "0"], "eta": 3})
+    response = client._http.post(
+        "/v1/unlearning-requests", json={"client_ids": [1, "0"], "options": {"eta-special": 3}}
+    )
     assert response.status_code == 202
     body = response.json()
     assert response.headers["location"] == f"/v1/unlearning-requests/{body['request_id']}"
     assert client.request(body["request_id"]) == body
-    assert body["client_ids"] == ["1", "0"] and body["eta"] == 3.0 and body["status"] == "queued"
-    assert [r.request_id for r in strategy.requests.due(1)] == [body["request_id"]]
+    assert body["client_ids"] == ["1", "0"] and body["status"] == "queued"
+    # no method named: the run's, stored by name; the option typed as the setting (float)
+    assert body["method"] == "puf-special" and body["options"] == {"eta-special": 3.0}
+    [due] = strategy.requests.due(1)
+    assert (due.request_id, due.method, due.options) == (
+        body["request_id"],
+        "puf-special",
+        {"eta-special": 3.0},
+    )
     status = client.status()
     assert status["pending_requests"] == [body["request_id"]]
     assert status["clients_forgotten"] == ["2"] and status["clients_excluded"] == ["3"]
+    assert (status["method"], status["methods_kept"]) == ("puf-special", ["puf-special"])
+    assert status["server_storage"] == {"clients": 0, "bytes": 0}
+
+
+def test_a_request_may_name_any_registered_method_and_its_options(api):
+    """method + options of that method's table are queued as given; the Python client sends them."""
+    client, strategy, _ = api
+    submitted = client.submit(["1"], "puf-regular", {"eta-regular": 10, "source": "fresh"})
+    assert submitted["method"] == "puf-regular"
+    assert submitted["options"] == {"eta-regular": 10.0, "source": "fresh"}
+    stored = strategy.requests.get(submitted["request_id"])
+    assert (stored.method, stored.options) == (
+        "puf-regular",
+        {"eta-regular": 10.0, "source": "fresh"},
+    )
+    other = client.submit(["0"], "retrain")
+    assert (other["method"], other["options"]) == ("retrain", {})
+
+
+def test_unknown_methods_and_options_are_refused_and_queue_nothing(api):
+    """Unknown method (the registered ones listed), foreign, mistyped or invalid option: 422."""
+    client, strategy, _ = api
+    refused = {
+        "unknown method": (["1"], "forget-fast", None, "registered methods are"),
+        "unknown option": (["1"], "puf-regular", {"lr": 0.1}, "puf.lr is not a setting"),
+        "option of the run's method": (["1"], None, {"priority": 1}, "of puf-special"),
+        "option of another method": (["1"], "retrain", {"eta-special": 3}, "of retrain"),
+        "option of the wrong type": (["1"], None, {"eta-special": "big"}, "type float"),
+        "bool for a number": (["1"], None, {"eta-special": True}, "type float"),
+        "invalid value": (["1"], "puf-special", {"eta-special": 0}, "> 0"),
+        "unknown source": (["1"], None, {"source": "cache"}, "stored, fresh"),
+    }
+    for name, (ids, method, options, message) in refused.items():
+        with pytest.raises(ApiError) as error:
+            client.submit(ids, method, options)
+        assert error.value.status_code == 422, name
+        assert message in error.value.detail, (name, error.value.detail)
+    with pytest.raises(ApiError) as unknown:
+        client.submit(["1"], "forget-fast")
+    assert all(name in unknown.value.detail for name in method_names())
+    assert [r.request_id for r in strategy.requests.all()] == ["earlier"]
 
 
 def test_same_idempotency_key_returns_the_same_request(api):
@@ -81,7 +134,8 @@ def test_state_changing_refusals(api):
         client.request("nope")
     assert missing.value.status_code == 404
     assert [r.request_id for r in strategy.requests.all()] == ["earlier"]
-    assert strategy.forgotten == {"2"} and strategy.store.client_ids() == []
+    assert strategy.directory.forgotten == {"2"}
+    assert all(m.stored_clients() == [] for m in strategy.methods.values())
 
 
 def test_every_endpoint_needs_the_token(api):
@@ -99,12 +153,20 @@ def test_every_endpoint_needs_the_token(api):
 
 
 def test_audit_log_lists_applied_requests_without_client_data(api):
-    """Request id, round, clients, norm and time, nothing else."""
+    """Request id, method, round, clients, norm and time, nothing else."""
     client, _, _ = api
     [entry] = client.audit_log()
-    assert entry.keys() == {"request_id", "server_round", "client_ids", "update_norm", "applied_at"}
-    assert (entry["request_id"], entry["server_round"], entry["client_ids"]) == (
+    assert entry.keys() == {
+        "request_id",
+        "method",
+        "server_round",
+        "client_ids",
+        "update_norm",
+        "applied_at",
+    }
+    assert (entry["request_id"], entry["method"], entry["server_round"], entry["client_ids"]) == (
         "earlier",
+        "not",
         5,
         ["2"],
     )
@@ -127,6 +189,44 @@ def test_cli_submits_reads_and_reports_errors(api, capsys):
     assert [e["request_id"] for e in json.loads(capsys.readouterr().out)] == ["earlier"]
     assert fedforget(["unlearn", "--state-dir", str(state), "2"]) == 1
     assert "409" in capsys.readouterr().err
+    options = ["--option", "eta-regular=10", "--option", "source=fresh"]
+    assert (
+        fedforget(["unlearn", "--state-dir", str(state), "0", "--method", "puf-regular", *options])
+        == 0
+    )
+    submitted = json.loads(capsys.readouterr().out)
+    assert (submitted["method"], submitted["options"]) == (
+        "puf-regular",
+        {"eta-regular": 10.0, "source": "fresh"},
+    )
+    assert fedforget(["unlearn", "--state-dir", str(state), "0", "--method", "nope"]) == 1
+    error = capsys.readouterr().err
+    assert "422" in error and "registered methods" in error
+    assert fedforget(["unlearn", "--state-dir", str(state), "--status", "--method", "not"]) == 2
+    assert (
+        fedforget(["unlearn", "--state-dir", str(state), "0", "--option", "a=1", "--option", "a=2"])
+        == 2
+    )
+    assert "twice" in capsys.readouterr().err
+    assert len(strategy.requests.all()) == 3  # 'earlier' and the two accepted above
+
+
+def test_cli_option_values_are_typed():
+    """--option KEY=VALUE: int, float, true/false, else a string; no '=' is an error."""
+    assert [
+        parse_option(text)
+        for text in ("a=10", "b=2.5", "c=1e-3", "d=True", "e=fresh", "f=nan", "g=")
+    ] == [
+        ("a", 10),
+        ("b", 2.5),
+        ("c", 0.001),
+        ("d", True),
+        ("e", "fresh"),
+        ("f", "nan"),
+        ("g", ""),
+    ]
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        parse_option("eta")
 
 
 def test_no_token_refuses_a_public_address_and_a_configured_token_is_used(tmp_path, monkeypatch):

@@ -18,11 +18,19 @@ from harness import RecordingStore
 
 from fedforget.api.client import UnlearningClient
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
+from fedforget.arrays import Arrays, to_arrays, to_record
 from fedforget.config import FederationConfig
-from fedforget.federation import EVENTS_FILE, HISTORY_FILE, build_strategy, live_api
-from fedforget.puf import Arrays
+from fedforget.federated.federation import (
+    EVENTS_FILE,
+    HISTORY_FILE,
+    REQUESTS_FILE,
+    build_strategy,
+    live_api,
+    method_context,
+)
+from fedforget.federated.strategy import UnlearningStrategy
+from fedforget.methods.puf import PufSpecial
 from fedforget.simulation import backend_config, simulate
-from fedforget.strategy import PUFStrategy, to_arrays, to_record
 from fedforget.task import model_arrays, new_model
 
 LIVE = FederationConfig(
@@ -37,14 +45,17 @@ LIVE = FederationConfig(
 
 @dataclass
 class LiveRun:
-    strategy: PUFStrategy
+    strategy: UnlearningStrategy
     store: RecordingStore
     models: dict[int, Arrays] = field(default_factory=dict)
     api: dict[str, Any] = field(default_factory=dict)
 
 
 def run_with_api(config: FederationConfig, scenario) -> LiveRun:
-    """Simulate ``config`` with its API up; ``scenario(client)`` runs against it meanwhile."""
+    """Simulate ``config`` with its API up; ``scenario(client)`` runs against it meanwhile.
+
+    The run's method (PUF-Special) keeps its pseudo-gradients in a RecordingStore.
+    """
     from clients.client_app import app as client_app
 
     captured: dict[str, LiveRun] = {}
@@ -53,7 +64,8 @@ def run_with_api(config: FederationConfig, scenario) -> LiveRun:
     @server.main()
     def main(grid, context):
         store = RecordingStore()
-        strategy = build_strategy(config, store=store)
+        special = PufSpecial(method_context(config), store)
+        strategy = build_strategy(config, methods={"puf-special": special})
         run = LiveRun(strategy, store)
 
         def keep_model(server_round, arrays):
@@ -106,6 +118,10 @@ def bad_calls(url: str, token: str) -> dict[str, httpx.Response]:
     as_json = {**auth, "Content-Type": "application/json"}
     post = f"{url}/v1/unlearning-requests"
     valid = {"client_ids": ["1"]}
+
+    def with_options(options: dict[str, Any]) -> dict[str, Any]:
+        return {**valid, "options": options}
+
     with httpx.Client(timeout=10.0) as http:
         return {
             "no token": http.post(post, json=valid),
@@ -115,11 +131,31 @@ def bad_calls(url: str, token: str) -> dict[str, httpx.Response]:
             "malformed json": http.post(post, content=b'{"client_ids": ["1"', headers=as_json),
             "ids not a list": http.post(post, json={"client_ids": "1"}, headers=auth),
             "bool id": http.post(post, json={"client_ids": [True]}, headers=auth),
-            "eta a string": http.post(post, json={**valid, "eta": "big"}, headers=auth),
-            "eta zero": http.post(post, json={**valid, "eta": 0}, headers=auth),
-            "eta negative": http.post(post, json={**valid, "eta": -2.0}, headers=auth),
-            "unknown mode": http.post(post, json={**valid, "mode": "fast"}, headers=auth),
-            "unknown source": http.post(post, json={**valid, "source": "cache"}, headers=auth),
+            "eta a string": http.post(
+                post, json=with_options({"eta-special": "big"}), headers=auth
+            ),
+            "eta zero": http.post(post, json=with_options({"eta-special": 0}), headers=auth),
+            "eta negative": http.post(post, json=with_options({"eta-special": -2.0}), headers=auth),
+            "eta NaN": http.post(
+                post,
+                content=b'{"client_ids": ["1"], "options": {"eta-special": NaN}}',
+                headers=as_json,
+            ),
+            "unknown method": http.post(post, json={**valid, "method": "fast"}, headers=auth),
+            "method not a string": http.post(post, json={**valid, "method": 3}, headers=auth),
+            "unknown option": http.post(post, json=with_options({"priority": 1}), headers=auth),
+            "option of another method": http.post(
+                post,
+                json={**valid, "method": "retrain", "options": {"eta-special": 3}},
+                headers=auth,
+            ),
+            "unknown source": http.post(post, json=with_options({"source": "cache"}), headers=auth),
+            "options not an object": http.post(
+                post, json={**valid, "options": ["eta-special", 3]}, headers=auth
+            ),
+            "too many options": http.post(
+                post, json=with_options({f"key-{i}": i for i in range(40)}), headers=auth
+            ),
             "no clients": http.post(post, json={"client_ids": []}, headers=auth),
             "unknown field": http.post(post, json={**valid, "priority": 1}, headers=auth),
             "too large": http.post(post, json={"client_ids": ["1"] * 4000}, headers=auth),
@@ -137,8 +173,14 @@ EXPECTED_CODES = {
     "eta a string": 422,
     "eta zero": 422,
     "eta negative": 422,
-    "unknown mode": 422,
+    "eta NaN": 422,
+    "unknown method": 422,
+    "method not a string": 422,
+    "unknown option": 422,
+    "option of another method": 422,
     "unknown source": 422,
+    "options not an object": 422,
+    "too many options": 422,
     "no clients": 422,
     "unknown field": 422,
     "too large": 413,
@@ -187,6 +229,8 @@ def test_bad_input_is_refused_with_its_status_code_and_queues_nothing(live):
     assert codes == EXPECTED_CODES
     assert "9" in live.api["bad"]["unknown client"][1]["detail"]
     assert "42" in live.api["bad"]["unknown client (int)"][1]["detail"]
+    assert "registered methods are" in live.api["bad"]["unknown method"][1]["detail"]
+    assert "puf.priority" in live.api["bad"]["unknown option"][1]["detail"]
     assert live.api["queued_after_bad"] == 0
     assert live.api["after_bad"]["pending_requests"] == []
     assert live.api["after_bad"]["clients_forgotten"] == []
@@ -227,20 +271,29 @@ def test_forgotten_client_is_excluded_afterwards(live):
     assert live.store.latest("1") is None
     status = live.api["status"]
     assert status["clients_forgotten"] == ["1"]
-    assert status["pseudo_gradients"]["count"] == 2
+    assert (status["method"], status["methods_kept"]) == ("puf-special", ["puf-special"])
+    assert status["server_storage"]["clients"] == 2
     model_bytes = sum(a.nbytes for a in live.models[0].values() if a.dtype.kind == "f")
-    assert status["pseudo_gradients"]["bytes"] == 2 * model_bytes
+    assert status["server_storage"]["bytes"] == 2 * model_bytes
     code, body = live.api["again"]
     assert code == 409 and "client 1" in body["detail"]
     assert live.api["queued_at_end"] == 1
-    assert [(e["server_round"], e["client_ids"]) for e in live.api["audit"]] == [(t, ["1"])]
+    assert [(e["server_round"], e["client_ids"], e["method"]) for e in live.api["audit"]] == [
+        (t, ["1"], "puf-special")
+    ]
 
 
-def test_two_requests_in_one_round_are_applied_in_one_step(tmp_path):
-    """Two requests posted while round s trains: one PUF step in round s + 1 (real ServerApp)."""
+def test_two_requests_in_one_round_are_one_step_and_another_method_waits(tmp_path):
+    """Round s: two requests, and one naming puf-regular with eta-regular=10 (real ServerApp).
+
+    The two of the run's method (PUF-Special) are one step in round s + 1; the
+    puf-regular one waits for the next boundary and is applied in round s + 2
+    with that method and option, folded into a FedAvg round of the last client.
+    """
     config = LIVE.replace(
         num_partitions=4,
-        num_server_rounds=5,
+        num_server_rounds=6,
+        methods="puf-regular",
         state_dir=str(tmp_path / "state"),
         out_dir=str(tmp_path / "out"),
     )
@@ -248,9 +301,13 @@ def test_two_requests_in_one_round_are_applied_in_one_step(tmp_path):
     def scenario(client: UnlearningClient) -> dict[str, Any]:
         observed = wait_for_round_start(client, at_least=2)
         first, second = client.submit(["1"]), client.submit([2])
+        regular = client.submit(["0"], "puf-regular", {"eta-regular": 10})
         return {
             "observed": observed,
-            "requests": [client.wait(r["request_id"], timeout=120) for r in (first, second)],
+            "submitted": regular,
+            "requests": [
+                client.wait(r["request_id"], timeout=120) for r in (first, second, regular)
+            ],
             "audit": client.audit_log(),
         }
 
@@ -260,15 +317,40 @@ def test_two_requests_in_one_round_are_applied_in_one_step(tmp_path):
     api = driver.outcome()
 
     s = api["observed"]
-    assert [r["applied_round"] for r in api["requests"]] == [s + 1, s + 1]
+    assert s + 2 <= config.num_server_rounds, "the run was too slow for the test's rounds"
+    first, second, regular = api["requests"]
+    assert [r["applied_round"] for r in api["requests"]] == [s + 1, s + 1, s + 2]
+    assert [r["method"] for r in api["requests"]] == ["puf-special", "puf-special", "puf-regular"]
+    assert api["submitted"]["options"] == regular["options"] == {"eta-regular": 10.0}
     events = json.loads((tmp_path / "out" / EVENTS_FILE).read_text())
-    assert len(events) == 1
-    assert events[0]["clients"] == ["1", "2"]
-    assert events[0]["request_ids"] == [r["request_id"] for r in api["requests"]]
-    assert [e["server_round"] for e in api["audit"]] == [s + 1, s + 1]
-    assert {e["update_norm"] for e in api["audit"]} == {events[0]["update_norm"]}
+    assert [(e["server_round"], e["method"], e["clients"]) for e in events] == [
+        (s + 1, "puf-special", ["1", "2"]),
+        (s + 2, "puf-regular", ["0"]),
+    ]
+    assert events[0]["request_ids"] == [first["request_id"], second["request_id"]]
+    assert events[1]["request_ids"] == [regular["request_id"]]
+    assert events[0]["settings"]["eta-special"] == 2.0
+    assert events[1]["settings"] == {"eta-special": 2.0, "eta-regular": 10.0, "source": "stored"}
+    assert [(e["server_round"], e["method"]) for e in api["audit"]] == [
+        (s + 1, "puf-special"),
+        (s + 1, "puf-special"),
+        (s + 2, "puf-regular"),
+    ]
+    assert [e["update_norm"] for e in api["audit"]] == [
+        e["update_norm"] for e in events for _ in e["request_ids"]
+    ]
+    requests = {
+        r["request_id"]: r for r in json.loads((tmp_path / "out" / REQUESTS_FILE).read_text())
+    }
+    recorded = requests[regular["request_id"]]
+    assert (recorded["method"], recorded["options"], recorded["status"]) == (
+        "puf-regular",
+        {"eta-regular": 10.0},
+        "applied",
+    )
     history = json.loads((tmp_path / "out" / HISTORY_FILE).read_text())
-    phases = {h["round"]: (h["phase"], h["participants"]) for h in history}
-    assert phases[s + 1] == ("unlearn", [])
-    assert all(phases[r] == ("recover", ["0", "3"]) for r in range(s + 2, 6))
+    phases = {h["round"]: (h["phase"], h.get("method"), h.get("participants")) for h in history}
+    assert phases[s + 1] == ("unlearn", "puf-special", [])
+    assert phases[s + 2] == ("unlearn", "puf-regular", ["3"])
+    assert all(phases[r] == ("recover", "", ["3"]) for r in range(s + 3, 7))
     assert not (Path(config.state_dir) / "api.json").exists()  # removed on a clean stop

@@ -13,7 +13,7 @@ from api_support import wait_for_api, wait_for_round_start
 
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
 from fedforget.config import FederationConfig
-from fedforget.federation import EVENTS_FILE, HISTORY_FILE, REQUESTS_FILE
+from fedforget.federated.federation import EVENTS_FILE, HISTORY_FILE, REQUESTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = (
@@ -73,13 +73,14 @@ def test_queued_request_survives_a_crash_and_is_applied_exactly_once(tmp_path):
     request_id = accepted["request_id"]
     survived = SQLiteRequestQueue.in_state_dir(state).get(request_id)
     assert survived is not None and survived.status == "queued"
+    assert survived.method == "puf-special"  # the run's method, named when it was accepted
 
     # run 2: same state directory; the request is applied at the first boundary it can be
     second = base.replace(num_server_rounds=4, out_dir=str(tmp_path / "run2"))
     run_to_completion(second)
     events = json.loads((tmp_path / "run2" / EVENTS_FILE).read_text())
-    assert [(e["server_round"], e["clients"], e["request_ids"]) for e in events] == [
-        (2, ["1"], [request_id])
+    assert [(e["server_round"], e["method"], e["clients"], e["request_ids"]) for e in events] == [
+        (2, "puf-special", ["1"], [request_id])
     ]
     history = json.loads((tmp_path / "run2" / HISTORY_FILE).read_text())
     assert [h["participants"] for h in history if h["round"] > 2] == [["0", "2"], ["0", "2"]]

@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_pyproject_app_config_equals_the_dataclass_defaults():
     """flwr run reads pyproject, run_simulation the dataclass: they must agree."""
+    from flwr.common.config import flatten_dict
+
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    app_config = pyproject["tool"]["flwr"]["app"]["config"]
+    app_config = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
     assert app_config == FederationConfig().to_run_config()
     assert "federations" not in pyproject["tool"]["flwr"], "keep federations in FLWR_HOME"
 
@@ -28,14 +30,17 @@ def test_round_trip_and_coercion():
 @pytest.mark.parametrize(
     ("run_config", "key"),
     [
-        ({"eta-special": 0.0}, "eta-special"),
-        ({"eta-regular": -1.0}, "eta-regular"),
+        ({"puf.eta-special": 0.0}, "puf.eta-special"),
+        ({"puf.eta-regular": -1.0}, "puf.eta-regular"),
+        ({"puf.eta-specal": 1.0}, "puf.eta-specal"),
+        ({"puf.source": "cache"}, "puf.source"),
+        ({"method": "puf"}, "method"),
+        ({"methods": "puf-special,federased"}, "methods"),
         ({"alpha": 0.0}, "alpha"),
         ({"dataset": "imagenet"}, "dataset"),
         ({"unlearn-at-round": 70}, "unlearn-at-round"),
         ({"unlearn-clients": "12"}, "unlearn-clients"),
-        ({"unlearn-mode": "both"}, "unlearn-mode"),
-        ({"unlearn-source": "cache"}, "unlearn-source"),
+        ({"unlearn-mode": "regular"}, "unlearn-mode"),
         ({"num-partitions": "ten"}, "num-partitions"),
         ({"recovery-target-acc": 97.0}, "recovery-target-acc"),
         ({"unlern-clients": "1"}, "unlern-clients"),
@@ -45,6 +50,18 @@ def test_round_trip_and_coercion():
 def test_invalid_config_names_the_key(run_config, key):
     with pytest.raises(ConfigError, match=key):
         FederationConfig.from_run_config(run_config)
+
+
+def test_method_tables_keep_only_what_differs_and_round_trip():
+    config = FederationConfig.from_run_config(
+        {"method": "puf-regular", "puf.eta-regular": 10, "puf.eta-special": 2.0}
+    )
+    assert config.method_settings == (("puf.eta-regular", 10.0),)
+    assert config.settings_of("puf") == {"eta-special": 2.0, "eta-regular": 10.0, "source": "stored"}
+    flat = config.to_run_config()
+    assert flat["puf.eta-regular"] == 10.0 and flat["puf.source"] == "stored"
+    assert FederationConfig.from_run_config(flat) == config
+    assert config.kept_methods == ("puf-regular",)
 
 
 def test_lr_schedule():

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fedforget.puf import Contribution, puf_update, update_norm
+from fedforget.arrays import update_norm
+from fedforget.methods.puf import Contribution, puf_update
 
 W = {
     "conv.weight": np.array([1.0, 2.0, 3.0], dtype=np.float32),

@@ -3,23 +3,30 @@
 Endpoints (all under ``/v1``, all require ``Authorization: Bearer <token>``):
 
 ``POST /v1/unlearning-requests``
-    Queue a request to forget one or several clients (optional ``mode``,
-    ``eta``, ``source`` overriding the run config; optional
-    ``Idempotency-Key`` header). 202 with the request once it is committed to
+    Queue a request to forget one or several clients, optionally with an
+    unlearning ``method`` (a registry name; the run's ``method`` if left out)
+    and ``options`` overriding that method's settings (keys of its config
+    table, e.g. ``{"eta-regular": 10}`` for ``puf-regular``); optional
+    ``Idempotency-Key`` header. 202 with the request once it is committed to
     SQLite; it takes effect at the next round boundary.
 ``GET /v1/unlearning-requests/{request_id}``
     The request: queued, applied (with its round) or rejected (with why).
 ``GET /v1/status``
-    Current round, clients seen / forgotten, stored pseudo-gradients
-    (count and bytes), pending requests.
+    Current round, the run's method and the methods whose history it keeps,
+    clients seen / forgotten / excluded, what the server stores for
+    unlearning (clients and bytes), pending requests.
 ``GET /v1/audit-log``
-    Applied unlearning: request id, round, clients, update norm, time. No
-    client data.
+    Applied unlearning: request id, method, round, clients, update norm,
+    time. No client data.
 
 The API only writes into the queue the strategy reads at each round boundary
-(one request path). Refused calls change nothing: 401 (token), 409 (already
-forgotten), 413 (body over the limit), 422 (malformed or invalid input,
-unknown client).
+(one request path) and reads only the strategy's status snapshot
+(:class:`~fedforget.federated.records.FederationStatus`). Refused calls change
+nothing: 401 (token), 409 (already forgotten), 413 (body over the limit), 422
+(malformed or invalid input, unknown client, unknown method or option). What
+only a round boundary can tell (e.g. whether a stored update exists, or the
+run keeps the history a method needs) is checked there: the request is then
+``rejected`` with the reason.
 """
 
 from __future__ import annotations
@@ -32,15 +39,24 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Resp
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedforget.api.auth import ApiToken
-from fedforget.api.constants import API_PREFIX, MAX_BODY_BYTES, MAX_CLIENTS_PER_REQUEST
+from fedforget.api.constants import (
+    API_PREFIX,
+    MAX_BODY_BYTES,
+    MAX_CLIENTS_PER_REQUEST,
+    MAX_OPTION_CHARS,
+    MAX_OPTIONS_PER_REQUEST,
+)
 from fedforget.api.sqlite_queue import IdempotencyConflict, RequestRecord, SQLiteRequestQueue
 from fedforget.config import FederationConfig
-from fedforget.requests import UnlearningRequest, forgotten_clients
-from fedforget.strategy import PUFStrategy
+from fedforget.federated.records import FederationStatus
+from fedforget.methods import method_class, method_names
+from fedforget.methods.base import method_settings
+from fedforget.protocol import natural_order
+from fedforget.requests import OptionValue, UnlearningRequest, forgotten_clients
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,15 +64,31 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+StatusSource = Callable[[], FederationStatus]
+"""Returns the strategy's latest status snapshot (``lambda: strategy.status``)."""
+
 ClientId = (
     Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
     | Annotated[StrictInt, Field(ge=0, le=2**62)]
+)
+MethodName = Annotated[
+    StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.\-]*$")
+]
+OptionKey = Annotated[
+    StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+]
+# bool before int: JSON true is a bool, never the number 1
+OptionInput = (
+    StrictBool
+    | Annotated[StrictInt, Field(ge=-(2**53), le=2**53)]
+    | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+    | Annotated[StrictStr, Field(max_length=MAX_OPTION_CHARS)]
 )
 
 
 # ------------------------------------------------------------------ schemas
 class SubmitBody(BaseModel):
-    """A request to forget clients; options left out take the run's configuration."""
+    """A request to forget clients; what it leaves out takes the run's configuration."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -65,10 +97,16 @@ class SubmitBody(BaseModel):
         max_length=MAX_CLIENTS_PER_REQUEST,
         description='Client ids (partition ids) to forget together, e.g. ["7"] or [7, 3].',
     )
-    mode: Literal["special", "regular"] | None = Field(None, description="PUF variant.")
-    eta: float | None = Field(None, gt=0, allow_inf_nan=False, description="PUF step scale.")
-    source: Literal["stored", "fresh"] | None = Field(
-        None, description="Pseudo-gradient source: the stored latest one, or recomputed."
+    method: MethodName | None = Field(
+        None,
+        description='Unlearning method (registry name, e.g. "puf-regular"); the run\'s '
+        "method if left out.",
+    )
+    options: dict[OptionKey, OptionInput] = Field(
+        default_factory=dict,
+        max_length=MAX_OPTIONS_PER_REQUEST,
+        description="Overrides of the method's settings (keys of its config table), e.g. "
+        '{"eta-regular": 10}; the run\'s settings otherwise.',
     )
 
 
@@ -78,9 +116,8 @@ class RequestView(BaseModel):
     request_id: str
     status: Literal["queued", "applied", "rejected"]
     client_ids: list[str]
-    mode: str | None
-    eta: float | None
-    source: str | None
+    method: str | None = Field(description="Unlearning method; null: the run's method.")
+    options: dict[str, OptionValue] = Field(description="Overrides of the method's settings.")
     submitted_at: float
     submitted_round: int | None = Field(description="Round running when it arrived.")
     applied_round: int | None = Field(description="Round it took effect in (if applied).")
@@ -89,10 +126,10 @@ class RequestView(BaseModel):
     reason: str = Field(description="Why it was rejected ('' otherwise).")
 
 
-class PseudoGradientStats(BaseModel):
-    """What the server stores for unlearning."""
+class ServerStorage(BaseModel):
+    """What the kept methods store on the server for unlearning (e.g. PUF's updates)."""
 
-    count: int
+    clients: int = Field(description="Clients something is stored of.")
     bytes: int
 
 
@@ -101,17 +138,20 @@ class StatusView(BaseModel):
 
     current_round: int
     num_server_rounds: int
+    method: str = Field(description="The run's method: requests that name none use it.")
+    methods_kept: list[str] = Field(description="Methods whose history the run keeps.")
     clients_seen: list[str]
     clients_forgotten: list[str]
     clients_excluded: list[str]
-    pseudo_gradients: PseudoGradientStats
+    server_storage: ServerStorage
     pending_requests: list[str] = Field(description="Ids of queued requests, oldest first.")
 
 
 class AuditEntry(BaseModel):
-    """One applied request (requests applied in the same round were one PUF step)."""
+    """One applied request (requests applied in the same round were one step)."""
 
     request_id: str
+    method: str | None = Field(description="The method applied; null: the run's method.")
     server_round: int
     client_ids: list[str]
     update_norm: float
@@ -137,50 +177,82 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "No such request.",
         409: "A client of the request has already been forgotten.",
         413: f"Body larger than {MAX_BODY_BYTES} bytes.",
-        422: "Malformed JSON, wrong types, invalid values, or an unknown client.",
+        422: (
+            "Malformed JSON, wrong types, invalid values, an unknown client, or an unknown "
+            "method or option."
+        ),
     }
     return {code: {"model": ErrorBody, "description": descriptions[code]} for code in codes}
 
 
 # ----------------------------------------------------------- federation view
 class FederationView:
-    """What the API reads from the running strategy (thread-safe snapshots)."""
+    """What the API knows of the federation: the run config and the strategy's status.
 
-    def __init__(self, strategy: PUFStrategy, config: FederationConfig) -> None:
-        self.strategy = strategy
+    Parameters
+    ----------
+    read_status : StatusSource
+        Returns the strategy's latest :class:`FederationStatus` (a frozen
+        snapshot the strategy replaces at round boundaries: safe to read from
+        the API's thread).
+    config : FederationConfig
+        The run's configuration (partitions, rounds, method settings).
+
+    """
+
+    def __init__(self, read_status: StatusSource, config: FederationConfig) -> None:
+        self.read_status = read_status
         self.config = config
 
-    def clients_seen(self) -> set[str]:
-        """Client ids the strategy has identified."""
-        return set(self.strategy.node_clients.copy().values())
-
-    def known_clients(self) -> set[str]:
+    def known_clients(self, snapshot: FederationStatus) -> set[str]:
         """Ids a request may name: the configured partitions and every client seen."""
-        return {str(i) for i in range(self.config.num_partitions)} | self.clients_seen()
+        return {str(i) for i in range(self.config.num_partitions)} | set(snapshot.clients_seen)
 
-    def forgotten(self, queue: SQLiteRequestQueue) -> set[str]:
+    def forgotten(self, queue: SQLiteRequestQueue, snapshot: FederationStatus) -> set[str]:
         """Forgotten clients: applied in this run or persisted from earlier ones."""
-        return set(self.strategy.forgotten.copy()) | forgotten_clients(queue)
+        return set(snapshot.clients_forgotten) | forgotten_clients(queue)
 
     def status(self, queue: SQLiteRequestQueue) -> StatusView:
         """Return the federation's status."""
-        store = self.strategy.store
+        snapshot = self.read_status()
         return StatusView(
-            current_round=self.strategy.current_round,
+            current_round=snapshot.current_round,
             num_server_rounds=self.config.num_server_rounds,
-            clients_seen=sorted(self.clients_seen(), key=natural_order),
-            clients_forgotten=sorted(self.forgotten(queue), key=natural_order),
-            clients_excluded=sorted(self.strategy.excluded, key=natural_order),
-            pseudo_gradients=PseudoGradientStats(
-                count=len(store.client_ids()), bytes=store.nbytes()
+            method=snapshot.method or self.config.method,
+            methods_kept=list(snapshot.methods_kept),
+            clients_seen=list(snapshot.clients_seen),
+            clients_forgotten=sorted(self.forgotten(queue, snapshot), key=natural_order),
+            clients_excluded=list(snapshot.clients_excluded),
+            server_storage=ServerStorage(
+                clients=snapshot.stored_clients, bytes=snapshot.stored_bytes
             ),
             pending_requests=[r.request.request_id for r in queue.records("queued")],
         )
 
+    def checked_options(
+        self, method: str, options: dict[str, OptionValue]
+    ) -> dict[str, OptionValue]:
+        """``options`` as ``method`` takes them (typed as its settings), or 422 with why.
 
-def natural_order(client_id: str) -> tuple[int, str]:
-    """Sort key: numeric ids by value, then the others by name."""
-    return (int(client_id), "") if client_id.isdigit() else (1 << 62, client_id)
+        The method must be registered; each option must be a key of its config
+        table with a value of the key's type, and the run's settings with the
+        options applied must pass the method's own check.
+        """
+        if method not in method_names():
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"unknown unlearning method {method!r}: registered methods are "
+                f"{', '.join(method_names())}",
+            )
+        cls = method_class(method)
+        try:
+            settings = method_settings(cls, {**self.config.settings_of(cls.table), **options})
+        except ValueError as error:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+        problem = cls.check_settings(settings)
+        if problem:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problem)
+        return {key: settings[key] for key in options}
 
 
 def request_view(record: RequestRecord) -> RequestView:
@@ -190,9 +262,8 @@ def request_view(record: RequestRecord) -> RequestView:
         request_id=request.request_id,
         status=request.status,
         client_ids=list(request.client_ids),
-        mode=request.mode,
-        eta=request.eta,
-        source=request.source,
+        method=request.method,
+        options=dict(request.options),
         submitted_at=request.submitted_at,
         submitted_round=record.submitted_round,
         applied_round=request.applied_round,
@@ -294,14 +365,14 @@ def create_app(
     token: ApiToken,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
-    """Build the unlearning API over ``queue`` (the queue ``federation.strategy`` reads).
+    """Build the unlearning API over ``queue`` (the queue the strategy reads).
 
     Parameters
     ----------
     queue : SQLiteRequestQueue
         The strategy's durable request queue.
     federation : FederationView
-        The running strategy and its config (status, known clients).
+        The strategy's status snapshots and the run config.
     token : ApiToken
         The bearer token every call must carry.
     max_body_bytes : int (default: 8192)
@@ -360,15 +431,19 @@ def create_app(
         ] = None,
     ) -> RequestView:
         client_ids = tuple(dict.fromkeys(str(c) for c in body.client_ids))
-        request = UnlearningRequest(client_ids, mode=body.mode, eta=body.eta, source=body.source)
+        # the request names its method from the start: the one its options were checked for
+        method = body.method or federation.config.method
+        options = federation.checked_options(method, dict(body.options))
+        request = UnlearningRequest(client_ids, method=method, options=options)
+        snapshot = federation.read_status()
         existing = queue_record_by_key(queue, idempotency_key)
         if existing is None:
-            refuse_unknown_or_forgotten(client_ids, queue, federation)
+            refuse_unknown_or_forgotten(client_ids, queue, federation, snapshot)
         try:
             record, _ = queue.submit_record(
                 request,
                 idempotency_key=idempotency_key,
-                submitted_round=federation.strategy.current_round,
+                submitted_round=snapshot.current_round,
             )
         except IdempotencyConflict as error:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
@@ -397,7 +472,7 @@ def create_app(
         f"{API_PREFIX}/status",
         response_model=StatusView,
         responses=_errors(401),
-        summary="The federation's round, clients, stored pseudo-gradients and pending requests",
+        summary="The federation's round, methods, clients, server storage and pending requests",
     )
     def read_status() -> StatusView:
         return federation.status(queue)
@@ -406,12 +481,13 @@ def create_app(
         f"{API_PREFIX}/audit-log",
         response_model=AuditLog,
         responses=_errors(401),
-        summary="Applied unlearning: request, round, clients, update norm, time",
+        summary="Applied unlearning: request, method, round, clients, update norm, time",
     )
     def audit_log() -> AuditLog:
         entries = [
             AuditEntry(
                 request_id=r.request.request_id,
+                method=r.request.method,
                 server_round=r.request.applied_round or 0,
                 client_ids=list(r.request.client_ids),
                 update_norm=r.request.update_norm or 0.0,
@@ -432,12 +508,15 @@ def queue_record_by_key(queue: SQLiteRequestQueue, key: str | None) -> RequestRe
 
 
 def refuse_unknown_or_forgotten(
-    client_ids: tuple[str, ...], queue: SQLiteRequestQueue, federation: FederationView
+    client_ids: tuple[str, ...],
+    queue: SQLiteRequestQueue,
+    federation: FederationView,
+    snapshot: FederationStatus,
 ) -> None:
     """Raise 422 for an unknown or excluded client, 409 for a forgotten one."""
-    known = federation.known_clients()
-    excluded = federation.strategy.excluded
-    forgotten = federation.forgotten(queue)
+    known = federation.known_clients(snapshot)
+    excluded = set(snapshot.clients_excluded)
+    forgotten = federation.forgotten(queue, snapshot)
     for client_id in client_ids:
         if client_id not in known:
             raise HTTPException(

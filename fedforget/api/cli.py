@@ -4,9 +4,15 @@ Examples (the federation runs with ``api-enabled=true state-dir=DIR``)::
 
     fedforget unlearn --state-dir DIR 7            # forget client 7 (202: queued)
     fedforget unlearn --state-dir DIR 7 3 --wait   # forget 7 and 3 together, wait
+    fedforget unlearn --state-dir DIR 5 --method puf-regular --option eta-regular=10
     fedforget unlearn --state-dir DIR --request ID # queued / applied / rejected
     fedforget unlearn --state-dir DIR --status     # round, clients, store, pending
     fedforget unlearn --state-dir DIR --audit-log  # applied unlearning
+
+``--method`` names a registered unlearning method (default: the run's
+``method``); each ``--option KEY=VALUE`` overrides one of its settings (a key
+of its config table, e.g. ``eta-regular`` of ``puf``). VALUE is read as an
+integer, a number, ``true``/``false``, or else a string.
 
 The URL comes from ``DIR/api.json`` (or ``--url``), the token from
 ``--token-file``, ``$FEDFORGET_API_TOKEN`` or ``DIR/api-token``. Answers are
@@ -17,9 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from fedforget.requests import OptionValue
 
 DEFAULT_STATE_DIR = "state"
 
@@ -37,9 +46,18 @@ def add_unlearn_parser(commands: Any) -> None:
     action.add_argument("--request", metavar="ID", help="show one request")
     action.add_argument("--status", action="store_true", help="show the federation's status")
     action.add_argument("--audit-log", action="store_true", help="show applied unlearning")
-    unlearn.add_argument("--mode", choices=("special", "regular"), help="PUF variant")
-    unlearn.add_argument("--eta", type=float, help="PUF step scale (> 0)")
-    unlearn.add_argument("--source", choices=("stored", "fresh"), help="pseudo-gradient source")
+    unlearn.add_argument(
+        "--method", metavar="NAME", help="unlearning method (default: the run's method)"
+    )
+    unlearn.add_argument(
+        "--option",
+        dest="options",
+        metavar="KEY=VALUE",
+        type=parse_option,
+        action="append",
+        default=[],
+        help="override a setting of the method, e.g. eta-regular=10 (repeatable)",
+    )
     unlearn.add_argument(
         "--idempotency-key", help="resubmitting with the same key returns the same request"
     )
@@ -71,6 +89,17 @@ def command_unlearn(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if reading and (args.method or args.options):
+        print(
+            "fedforget unlearn: error: --method and --option go with the clients to forget",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        options_of(args.options)
+    except ValueError as error:
+        print(f"fedforget unlearn: error: {error}", file=sys.stderr)
+        return 2
     token = args.token_file.read_text().strip() if args.token_file else None
     try:
         with UnlearningClient.from_state_dir(args.state_dir, token=token, url=args.url) as client:
@@ -84,9 +113,8 @@ def command_unlearn(args: argparse.Namespace) -> int:
             else:
                 result = client.submit(
                     args.clients,
-                    mode=args.mode,
-                    eta=args.eta,
-                    source=args.source,
+                    args.method,
+                    options_of(args.options),
                     idempotency_key=args.idempotency_key,
                 )
                 if args.wait:
@@ -96,3 +124,38 @@ def command_unlearn(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(result, indent=2))
     return 1 if isinstance(result, dict) and result.get("status") == "rejected" else 0
+
+
+def parse_option(text: str) -> tuple[str, OptionValue]:
+    """Parse ``KEY=VALUE``: VALUE as an int, a finite float, true/false, or a string."""
+    key, separator, raw = text.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KEY=VALUE: write e.g. --option eta-regular=10"
+        )
+    value: OptionValue = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            try:
+                number = float(raw)
+            except ValueError:
+                pass
+            else:
+                if math.isfinite(number):  # "nan", "inf" stay strings: no setting takes them
+                    value = number
+    return key, value
+
+
+def options_of(pairs: list[tuple[str, OptionValue]]) -> dict[str, OptionValue]:
+    """The ``--option`` pairs as a dict; a key given twice is an error."""
+    options: dict[str, OptionValue] = {}
+    for key, value in pairs:
+        if key in options:
+            raise ValueError(f"--option {key} is given twice: give each key once")
+        options[key] = value
+    return options

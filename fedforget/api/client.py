@@ -2,6 +2,7 @@
 
 >>> client = UnlearningClient.from_state_dir("state")        # doctest: +SKIP
 >>> request = client.submit(["7"])                            # doctest: +SKIP
+>>> client.submit(["3"], "puf-regular", {"eta-regular": 10})  # doctest: +SKIP
 >>> client.wait(request["request_id"])["applied_round"]       # doctest: +SKIP
 """
 
@@ -11,13 +12,14 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from fedforget.api.constants import ENDPOINT_FILE, TOKEN_ENV, TOKEN_FILE
+from fedforget.requests import OptionValue
 
 
 class ApiError(RuntimeError):
@@ -88,21 +90,23 @@ class UnlearningClient:
     def submit(
         self,
         client_ids: Sequence[str | int],
+        method: str | None = None,
+        options: Mapping[str, OptionValue] | None = None,
         *,
-        mode: str | None = None,
-        eta: float | None = None,
-        source: str | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Queue a request to forget ``client_ids``; return it (status ``queued``).
 
-        A fresh idempotency key is used unless one is given, so retrying this
-        call after a network error cannot queue the request twice.
+        ``method`` is a registry name (the run's method if None); ``options``
+        override that method's settings, e.g. ``{"eta-regular": 10}``. A fresh
+        idempotency key is used unless one is given, so retrying this call
+        after a network error cannot queue the request twice.
         """
         body: dict[str, Any] = {"client_ids": [str(c) for c in client_ids]}
-        for key, value in (("mode", mode), ("eta", eta), ("source", source)):
-            if value is not None:
-                body[key] = value
+        if method is not None:
+            body["method"] = method
+        if options:
+            body["options"] = dict(options)
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return self._call("POST", "/v1/unlearning-requests", json=body, headers=headers)
 

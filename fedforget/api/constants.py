@@ -11,3 +11,6 @@ TOKEN_ENV = "FEDFORGET_API_TOKEN"
 """Default environment variable holding the token (config key ``api-token-env``)."""
 MAX_BODY_BYTES = 8 * 1024
 MAX_CLIENTS_PER_REQUEST = 256
+MAX_OPTIONS_PER_REQUEST = 32
+MAX_OPTION_CHARS = 256
+"""Longest string value of an option."""

@@ -1,6 +1,6 @@
 """Serve the unlearning API with uvicorn in a background thread of the ServerApp.
 
-:func:`live_api` is what :func:`fedforget.federation.run_federation` wraps the
+:func:`live_api` is what :func:`fedforget.federated.federation.run_federation` wraps the
 round loop in: with ``api-enabled=true`` the API answers while rounds run and
 stops when the run ends. The address it listens on (``api-port=0`` picks a
 free port) is written to ``<state-dir>/api.json`` so that ``fedforget
@@ -26,7 +26,7 @@ from fedforget.api.auth import ApiToken, resolve_token
 from fedforget.api.constants import ENDPOINT_FILE
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
 from fedforget.config import FederationConfig
-from fedforget.strategy import PUFStrategy
+from fedforget.federated.strategy import UnlearningStrategy
 
 START_TIMEOUT_S = 10.0
 
@@ -41,7 +41,7 @@ class ApiServer:
     queue : SQLiteRequestQueue
         The strategy's durable request queue.
     federation : FederationView
-        The strategy and config the API reports on.
+        The strategy's status snapshots and the config the API reports on.
     token : ApiToken
         The bearer token every call must carry.
     host : str (default: "127.0.0.1")
@@ -102,19 +102,23 @@ class ApiServer:
 
 
 @contextlib.contextmanager
-def live_api(config: FederationConfig, strategy: PUFStrategy) -> Iterator[ApiServer | None]:
-    """Serve the API of ``strategy`` while the block runs (nothing unless ``api-enabled``)."""
+def live_api(config: FederationConfig, strategy: UnlearningStrategy) -> Iterator[ApiServer | None]:
+    """Serve the API of ``strategy`` while the block runs (nothing unless ``api-enabled``).
+
+    The API writes into ``strategy.requests`` and reads only ``strategy.status``.
+    """
     if not config.api_enabled:
         yield None
         return
     if not isinstance(strategy.requests, SQLiteRequestQueue):
         raise TypeError(
             "the unlearning API needs the strategy's durable queue: build the strategy with "
-            "fedforget.federation.request_queue(config) (state-dir set)"
+            "fedforget.federated.federation.request_queue(config) (state-dir set)"
         )
     token = resolve_token(config)
+    federation = FederationView(lambda: strategy.status, config)
     server = ApiServer(
-        strategy.requests, FederationView(strategy, config), token, config.api_host, config.api_port
+        strategy.requests, federation, token, config.api_host, config.api_port
     ).start()
     endpoint = Path(config.state_dir) / ENDPOINT_FILE
     write_endpoint(endpoint, server)

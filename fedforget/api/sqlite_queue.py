@@ -11,6 +11,12 @@ cannot drift from the requests that caused it.
 Each request is applied at most once: ``mark_applied`` only changes a request
 that is still queued, and ``due`` only returns queued ones. An idempotency key
 (unique) makes resubmissions return the request the key first created.
+
+A request's method is its registry name (NULL: the run's ``method``) and its
+options a JSON object of setting overrides. Version 1 of the schema, written
+when PUF was the only method, kept ``mode``, ``eta`` and ``source`` instead; a
+version-1 database is migrated in place when opened (:func:`_v1_method_and_options`
+says how each row maps).
 """
 
 from __future__ import annotations
@@ -27,21 +33,20 @@ from pathlib import Path
 from typing import Any, cast
 
 from fedforget.api.constants import DATABASE_FILE
-from fedforget.requests import RequestStatus, UnlearningRequest
+from fedforget.requests import OptionValue, RequestStatus, UnlearningRequest
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 logger = logging.getLogger(__name__)
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
+CREATE TABLE IF NOT EXISTS {table} (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL UNIQUE,
     idempotency_key TEXT UNIQUE,
     client_ids TEXT NOT NULL,
-    mode TEXT,
-    eta REAL,
-    source TEXT,
+    method TEXT,
+    options TEXT NOT NULL DEFAULT '{{}}',
     not_before_round INTEGER NOT NULL DEFAULT 0,
     submitted_at REAL NOT NULL,
     submitted_round INTEGER,
@@ -52,6 +57,10 @@ CREATE TABLE IF NOT EXISTS requests (
     reason TEXT NOT NULL DEFAULT ''
 )
 """
+_COLUMNS = (
+    "seq, request_id, idempotency_key, client_ids, method, options, not_before_round, "
+    "submitted_at, submitted_round, status, applied_round, applied_at, update_norm, reason"
+)
 
 
 class IdempotencyConflict(ValueError):
@@ -97,14 +106,18 @@ class SQLiteRequestQueue:
             )
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise RuntimeError(
-                f"{self.path} has schema version {version}, this fedforget reads version "
-                f"{SCHEMA_VERSION}: use a new state-dir or the fedforget that wrote it"
-            )
         with self._transaction():
-            self._db.execute(_SCHEMA)
+            # read inside the transaction: two processes opening a version-1 file migrate it once
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 1:
+                migrated = _migrate_from_v1(self._db)
+                logger.info("%s: migrated %s request(s) to schema version 2", self.path, migrated)
+            elif version not in (0, SCHEMA_VERSION):
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, this fedforget reads versions "
+                    f"1 and {SCHEMA_VERSION}: use a new state-dir or the fedforget that wrote it"
+                )
+            self._db.execute(_SCHEMA.format(table="requests"))
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @classmethod
@@ -174,8 +187,8 @@ class SQLiteRequestQueue:
         Raises
         ------
         IdempotencyConflict
-            If ``idempotency_key`` belongs to a request for other clients or
-            with other options.
+            If ``idempotency_key`` belongs to a request for other clients, or
+            with another method or other options.
 
         """
         queued = request.as_submitted()
@@ -185,16 +198,15 @@ class SQLiteRequestQueue:
                 _check_same(existing, queued, idempotency_key)
                 return existing, False
             self._db.execute(
-                "INSERT INTO requests (request_id, idempotency_key, client_ids, mode, eta, "
-                "source, not_before_round, submitted_at, submitted_round, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
+                "INSERT INTO requests (request_id, idempotency_key, client_ids, method, options, "
+                "not_before_round, submitted_at, submitted_round, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
                 (
                     queued.request_id,
                     idempotency_key,
                     json.dumps(list(queued.client_ids)),
-                    queued.mode,
-                    queued.eta,
-                    queued.source,
+                    queued.method,
+                    json.dumps(queued.options, sort_keys=True),
                     queued.not_before_round,
                     queued.submitted_at,
                     submitted_round,
@@ -234,7 +246,7 @@ class SQLiteRequestQueue:
 
         A restarted federation trains again from its initial model, so a request
         that an earlier run accepted can only take effect once the targets have
-        trained in this run (PUF negates their updates of *this* model). Return
+        trained in this run (methods act on their updates of *this* model). Return
         how many requests were carried over.
         """
         with self._transaction():
@@ -283,9 +295,8 @@ class SQLiteRequestQueue:
 def _record(row: sqlite3.Row) -> RequestRecord:
     request = UnlearningRequest(
         client_ids=tuple(json.loads(row["client_ids"])),
-        mode=row["mode"],
-        eta=row["eta"],
-        source=row["source"],
+        method=row["method"],
+        options=dict(json.loads(row["options"])),
         not_before_round=row["not_before_round"],
         request_id=row["request_id"],
         submitted_at=row["submitted_at"],
@@ -302,13 +313,67 @@ def _check_same(existing: RequestRecord, new: UnlearningRequest, key: str | None
     old = existing.request
     if key is None or existing.idempotency_key != key:
         return
-    if (old.client_ids, old.mode, old.eta, old.source) != (
-        new.client_ids,
-        new.mode,
-        new.eta,
-        new.source,
-    ):
+    if (old.client_ids, old.method, old.options) != (new.client_ids, new.method, new.options):
         raise IdempotencyConflict(
             f"idempotency key {key!r} was used for request {old.request_id} (clients "
             f"{', '.join(old.client_ids)}); use a new key for a different request"
         )
+
+
+def _migrate_from_v1(db: sqlite3.Connection) -> int:
+    """Rewrite a version-1 ``requests`` table as version 2 (inside the caller's transaction).
+
+    Every row keeps its ``seq`` (the queue's order), id, idempotency key,
+    clients, rounds, status and outcome; ``mode``, ``eta`` and ``source``
+    become ``method`` and ``options`` (:func:`_v1_method_and_options`).
+    Return how many rows were migrated.
+    """
+    rows = db.execute("SELECT * FROM requests ORDER BY seq").fetchall()
+    db.execute(_SCHEMA.format(table="requests_v2"))
+    for row in rows:
+        method, options = _v1_method_and_options(row["mode"], row["eta"], row["source"])
+        db.execute(
+            f"INSERT INTO requests_v2 ({_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+            (
+                row["seq"],
+                row["request_id"],
+                row["idempotency_key"],
+                row["client_ids"],
+                method,
+                json.dumps(options, sort_keys=True),
+                row["not_before_round"],
+                row["submitted_at"],
+                row["submitted_round"],
+                row["status"],
+                row["applied_round"],
+                row["applied_at"],
+                row["update_norm"],
+                row["reason"],
+            ),
+        )
+    db.execute("DROP TABLE requests")
+    db.execute("ALTER TABLE requests_v2 RENAME TO requests")
+    return len(rows)
+
+
+def _v1_method_and_options(
+    mode: str | None, eta: float | None, source: str | None
+) -> tuple[str | None, dict[str, OptionValue]]:
+    """A version-1 request's PUF ``mode``, ``eta`` and ``source`` as a method and options.
+
+    ``mode`` names the variant: ``"special"`` -> ``puf-special``; NULL stays
+    NULL (the run's method, as before). ``eta`` is the scale of that variant:
+    option ``eta-<mode>``. With NULL mode, the version-1 request meant "this eta,
+    for whichever PUF variant the run uses", so it becomes both ``eta-special``
+    and ``eta-regular`` (a PUF step reads only its own). ``source`` becomes
+    option ``source``. (A run whose method is not PUF rejects the PUF options
+    of such a request at its round boundary, with the reason.)
+    """
+    method = f"puf-{mode}" if mode else None
+    options: dict[str, OptionValue] = {}
+    if eta is not None:
+        for variant in (mode,) if mode else ("special", "regular"):
+            options[f"eta-{variant}"] = float(eta)
+    if source is not None:
+        options["source"] = source
+    return method, options

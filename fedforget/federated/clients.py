@@ -54,7 +54,9 @@ class ClientDirectory:
                 client_id = str(identity[PARTITION_ID_KEY])
         if self.node_clients.get(node) != client_id:
             if client_id in self.forgotten:
-                logger.warning("Forgotten client %s reconnected as node %s: refused", client_id, node)
+                logger.warning(
+                    "Forgotten client %s reconnected as node %s: refused", client_id, node
+                )
             self.node_clients[node] = client_id
         return client_id
 

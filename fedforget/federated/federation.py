@@ -250,9 +250,7 @@ def run_federation(
     """Run the federation a config describes on ``grid``; write records to ``out-dir``."""
     strategy = build_strategy(config, requests)
     with live_api(config, strategy):
-        final, history, wall_s = run_rounds(
-            grid, config, strategy, model_arrays(new_model(config))
-        )
+        final, history, wall_s = run_rounds(grid, config, strategy, model_arrays(new_model(config)))
     record = run_record(config, strategy, final, history, wall_s)
     if config.out_dir:
         write_record(Path(config.out_dir), record)

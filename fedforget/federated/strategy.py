@@ -142,7 +142,7 @@ class UnlearningStrategy(FedAvg):
         )
 
     # ------------------------------------------------------------- the loop
-    def start(  # noqa: PLR0913 (Flower's signature, plus first_round)
+    def start(
         self,
         grid: Grid,
         initial_arrays: ArrayRecord,
@@ -256,7 +256,9 @@ class UnlearningStrategy(FedAvg):
             )
         )
         self._publish_status(server_round)
-        logger.info("configure_train: round %s (%s), %s clients", server_round, phase, len(messages))
+        logger.info(
+            "configure_train: round %s (%s), %s clients", server_round, phase, len(messages)
+        )
         return messages
 
     def _messages(
@@ -276,7 +278,9 @@ class UnlearningStrategy(FedAvg):
         messages = []
         for client_id, action in plan.clients.items():
             if client_id not in online:
-                logger.warning("Client %s is offline: round %s goes on without it", client_id, server_round)
+                logger.warning(
+                    "Client %s is offline: round %s goes on without it", client_id, server_round
+                )
                 continue
             message_type = "train" if action == TRAIN_ACTION else f"train.{action}"
             messages.append(

@@ -27,7 +27,12 @@ FEDERATED_METHODS: dict[str, str] = {
     "natural": "fedforget.methods.natural:Natural",
     "puf-special": "fedforget.methods.puf:PufSpecial",
     "puf-regular": "fedforget.methods.puf:PufRegular",
+    "federaser": "fedforget.methods.federaser:FedEraser",
+    "fedau": "fedforget.methods.fedau:FedAU",
+    "mode": "fedforget.methods.mode:MoDe",
     "not": "fedforget.methods.negation:NoT",
+    "pga": "fedforget.methods.pga:PGA",
+    "fedquit": "fedforget.methods.fedquit:FedQUIT",
 }
 _registered: dict[str, type[FederatedMethod]] = {}
 

@@ -9,9 +9,9 @@ which returns the new global model and whether the step is done. After the
 step the spine forgets the targets for good and recovers with the remaining
 clients (plain FedAvg).
 
-Between steps every method :meth:`~FederatedMethod.observe`\\ s the ordinary
-rounds, which is where PUF keeps each client's latest update and FedEraser its
-history. Client-side computation (PGA's ascent, FedQUIT's distillation, ...)
+Between steps the methods that keep history observe the ordinary rounds
+(:meth:`~FederatedMethod.observe`): PUF keeps each client's latest update
+there, FedEraser its history. Client-side computation (PGA's ascent, FedQUIT's distillation, ...)
 runs in the ClientApp as the Flower action named after the method
 (``train.<name>``): :attr:`FederatedMethod.client_step` is that function.
 """
@@ -180,7 +180,9 @@ class FederatedMethod(ABC):
         return ""
 
     # --------------------------------------------------------- ordinary rounds
-    def observe(self, server_round: int, sent: Arrays, updates: Sequence[ClientUpdate]) -> None:
+    def observe(  # noqa: B027 (optional hook: most methods keep nothing)
+        self, server_round: int, sent: Arrays, updates: Sequence[ClientUpdate]
+    ) -> None:
         """See an ordinary round's validated updates (default: keep nothing)."""
 
     # -------------------------------------------------------------- the step
@@ -198,7 +200,7 @@ class FederatedMethod(ABC):
     def plan(
         self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
     ) -> RoundPlan:
-        """The ``index``-th round (0, 1, ...) of ``step``; ``remaining`` are the eligible clients."""
+        """Round ``index`` (0, 1, ...) of ``step``; ``remaining`` are the eligible clients."""
 
     @abstractmethod
     def apply(
@@ -257,8 +259,7 @@ def method_settings(
         if key not in settings:
             valid = ", ".join(sorted(method.defaults)) or "none"
             raise ValueError(
-                f"{method.table}.{key} is not a setting of {method.name}; its settings are: "
-                f"{valid}"
+                f"{method.table}.{key} is not a setting of {method.name}; its settings are: {valid}"
             )
         settings[key] = coerce_setting(f"{method.table}.{key}", value, settings[key])
     return settings

@@ -246,7 +246,7 @@ class _Puf(FederatedMethod):
     def plan(
         self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
     ) -> RoundPlan:
-        """One round: Special trains nobody (stored) or the targets (fresh); Regular adds the rest."""
+        """One round: Special trains nobody (stored) or the targets (fresh); Regular all."""
         trainers = list(remaining) if self.mode == "regular" else []
         if step.settings["source"] == "fresh":
             trainers += list(step.targets)

@@ -1,0 +1,509 @@
+"""Unlearning methods side by side on one federation: ``fedforget compare`` and ``fedforget run``.
+
+``fedforget compare`` runs in ONE Flower simulation:
+
+1. the **retrained reference**: the federation without the targets for
+   ``unlearn-at-round`` rounds (cached by configuration, targets and seed, so a
+   second call reuses it);
+2. the **original** federation with every client for the same rounds, while
+   every compared method that keeps history (PUF's latest updates,
+   FedEraser's history, ...) observes it;
+3. one **cell** per method: from the original model and the method's state,
+   the request for the targets arrives after round ``unlearn-at-round``, the
+   method's step runs, and the remaining clients recover until the test score
+   reaches the reference's (the paper's rule; ``num-server-rounds`` caps it)
+   or for the whole budget.
+
+``fedforget run`` (the main job) is the same comparison for the run's
+``method`` alone, as one continuous federation (so the live API can serve it
+from round 1): the reference (from the cache when it is there), then the run.
+
+Every model is evaluated the same way (:func:`fedforget.metrics.evaluate_unlearning`)
+and becomes one row of ``results.json`` with its costs, measured from the
+spine's round records: rounds after the request, client-epochs, bytes sent and
+received (model arrays), bytes the method kept on the server, wall time.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedforget.arrays import Arrays
+from fedforget.config import ConfigError, FederationConfig
+from fedforget.data import load_federated_data
+from fedforget.federated.federation import (
+    RunRecord,
+    build_methods,
+    build_strategy,
+    read_arrays,
+    run_record,
+    run_rounds,
+)
+from fedforget.federated.records import RoundRecord
+from fedforget.methods import method_class, method_names
+from fedforget.metrics import evaluate_unlearning
+from fedforget.requests import InMemoryRequestQueue
+from fedforget.results import REFERENCE, write_results
+from fedforget.task import model_arrays, model_with, new_model
+from fedforget.training import resolve_device
+
+RECOVERY_STOPS = ("retrain-acc", "budget")
+CACHE_ENV = "FEDFORGET_CACHE"
+# Keys that do not change what the reference run computes
+_NOT_IN_REFERENCE_KEY = (
+    "method",
+    "methods",
+    "num-server-rounds",
+    "recovery-target-acc",
+    "out-dir",
+    "progress",
+    "round-timeout",
+    "state-dir",
+    "device",
+    "fraction-evaluate",
+)
+
+
+@dataclass
+class PhaseRecord:
+    """A phase that trained a model: its model, rounds, history and wall time."""
+
+    arrays: Arrays
+    rounds: list[RoundRecord]
+    history: list[dict[str, Any]]
+    wall_s: float
+
+    def cost(self, first_round: int = 1) -> dict[str, float | int]:
+        """Rounds, client-epochs and bytes from ``first_round`` on, and the wall time."""
+        chosen = [r for r in self.rounds if r.server_round >= first_round]
+        return {
+            "rounds": len(chosen),
+            "client_epochs": round(sum(r.client_epochs for r in chosen), 3),
+            "bytes_up": sum(r.bytes_up for r in chosen),
+            "bytes_down": sum(r.bytes_down for r in chosen),
+            "server_storage_bytes": 0,
+            "wall_s": round(self.wall_s, 2),
+        }
+
+
+@dataclass
+class Cell:
+    """One method applied to the original model: its run, or why it was refused."""
+
+    method: str
+    record: RunRecord | None = None
+    reason: str = ""
+
+
+@dataclass
+class Comparison:
+    """Everything the comparison trained."""
+
+    reference: PhaseRecord
+    original: PhaseRecord
+    cells: list[Cell] = field(default_factory=list)
+    reference_cached: bool = False
+
+
+# ------------------------------------------------------------------ configs
+def reference_config(config: FederationConfig) -> FederationConfig:
+    """The retrained reference: no targets from round 1, ``unlearn-at-round`` rounds."""
+    return config.replace(
+        num_server_rounds=config.unlearn_at_round,
+        unlearn_at_round=0,
+        exclude_clients=",".join((*config.excluded, *config.targets)),
+        recovery_target_acc=0.0,
+        out_dir="",
+        api_enabled=False,
+        state_dir="",
+    )
+
+
+def original_config(config: FederationConfig, methods: Sequence[str]) -> FederationConfig:
+    """The original federation; every compared method that keeps history observes it."""
+    keeping = [m for m in methods if method_class(m).needs.history]
+    return config.replace(
+        num_server_rounds=config.unlearn_at_round,
+        unlearn_at_round=0,
+        method=keeping[0] if keeping else config.method,
+        methods=",".join(keeping),
+        recovery_target_acc=0.0,
+        out_dir="",
+        api_enabled=False,
+        state_dir="",
+    )
+
+
+def cell_config(config: FederationConfig, method: str, target_score: float) -> FederationConfig:
+    """One method's run after the original: its request, recovery to ``target_score``."""
+    return config.replace(
+        method=method,
+        methods="",
+        recovery_target_acc=target_score,
+        out_dir="",
+        api_enabled=False,
+        state_dir="",
+    )
+
+
+# --------------------------------------------------------- reference cache
+def reference_key(config: FederationConfig) -> str:
+    """Hash of everything the reference run depends on (configuration, targets, seed)."""
+    relevant = {
+        key: value
+        for key, value in reference_config(config).to_run_config().items()
+        if key not in _NOT_IN_REFERENCE_KEY and "." not in key
+    }
+    text = json.dumps(relevant, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where references are cached: ``$FEDFORGET_CACHE/references`` (~/.cache/fedforget)."""
+    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "fedforget"))
+    return root / "references"
+
+
+def load_reference(config: FederationConfig) -> PhaseRecord | None:
+    """The cached reference of ``config``, or None."""
+    folder = cache_dir() / reference_key(config)
+    if not (folder / "record.json").is_file() or not (folder / "model.npz").is_file():
+        return None
+    saved = json.loads((folder / "record.json").read_text())
+    return PhaseRecord(
+        arrays=read_arrays(folder / "model.npz"),
+        rounds=[RoundRecord(**r) for r in saved["rounds"]],
+        history=saved["history"],
+        wall_s=saved["wall_s"],
+    )
+
+
+def save_reference(config: FederationConfig, reference: PhaseRecord) -> None:
+    """Cache a reference (written to a temporary folder, then renamed)."""
+    folder = cache_dir() / reference_key(config)
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    partial.mkdir(parents=True, exist_ok=True)
+    np.savez(partial / "model.npz", **reference.arrays)
+    record = {
+        "config": reference_config(config).to_run_config(),
+        "rounds": [asdict(r) for r in reference.rounds],
+        "history": reference.history,
+        "wall_s": reference.wall_s,
+    }
+    (partial / "record.json").write_text(json.dumps(record, indent=2))
+    if folder.exists():  # another run cached it meanwhile: keep that one
+        for path in partial.iterdir():
+            path.unlink()
+        partial.rmdir()
+        return
+    partial.rename(folder)
+
+
+# ------------------------------------------------------------ the phases
+def train_phase(grid: Any, config: FederationConfig, label: str) -> PhaseRecord:
+    """Train ``config``'s federation from its initial model (no unlearning)."""
+    strategy = build_strategy(config, InMemoryRequestQueue())
+    final, history, wall_s = run_rounds(
+        grid, config, strategy, model_arrays(new_model(config)), label=label
+    )
+    return PhaseRecord(final, strategy.rounds, history, wall_s)
+
+
+def compare_on_grid(
+    grid: Any,
+    config: FederationConfig,
+    methods: Sequence[str],
+    recovery_stop: str,
+    reference: PhaseRecord | None,
+    progress: bool = True,
+) -> Comparison:
+    """The comparison's ServerApp body: reference (unless given), original, one cell per method."""
+    started = time.monotonic()
+    cached = reference is not None
+    if reference is None:
+        reference = train_phase(grid, reference_config(config), "[reference] ")
+    reference_score = _score(config, reference.arrays)
+
+    before = original_config(config, methods)
+    instances = build_methods(before)
+    original_strategy = build_strategy(before, InMemoryRequestQueue(), instances)
+    original, history, wall_s = run_rounds(
+        grid, before, original_strategy, model_arrays(new_model(config)), label="[original] "
+    )
+    comparison = Comparison(
+        reference,
+        PhaseRecord(original, original_strategy.rounds, history, wall_s),
+        reference_cached=cached,
+    )
+    target = reference_score if recovery_stop == "retrain-acc" else 0.0
+    for number, name in enumerate(methods, start=1):
+        cell = cell_config(config, name, target)
+        strategy = build_strategy(
+            cell,
+            InMemoryRequestQueue(),
+            {name: instances[name]},
+            copy.deepcopy(original_strategy.directory),
+        )
+        final, history, wall_s = run_rounds(
+            grid,
+            cell,
+            strategy,
+            original,
+            first_round=config.unlearn_at_round + 1,
+            label=f"[{name}] ",
+        )
+        record = run_record(cell, strategy, final, history, wall_s)
+        reason = "" if record.events else _refusal(record)
+        comparison.cells.append(Cell(name, record if not reason else None, reason))
+        if progress:
+            elapsed = time.monotonic() - started
+            left = elapsed / number * (len(methods) - number)
+            print(
+                f"compare: {number}/{len(methods)} methods done ({name}: "
+                f"{'refused' if reason else 'applied'}), {elapsed:.0f} s, about {left:.0f} s left",
+                flush=True,
+            )
+    return comparison
+
+
+def _refusal(record: RunRecord) -> str:
+    reasons = [r.reason for r in record.requests if r.status == "rejected" and r.reason]
+    return reasons[0] if reasons else "the request was not applied within num-server-rounds"
+
+
+def _score(config: FederationConfig, arrays: Arrays) -> float:
+    federated = load_federated_data(config)
+    metrics = evaluate_unlearning(
+        model_with(config, arrays),
+        federated,
+        config.targets,
+        config.excluded,
+        resolve_device(config.device),
+    )
+    return metrics.test_score
+
+
+# ---------------------------------------------------------------- results
+def model_row(
+    config: FederationConfig, name: str, arrays: Arrays, cost: dict[str, Any]
+) -> dict[str, Any]:
+    """One row: a model's unlearning metrics and the cost of getting it."""
+    federated = load_federated_data(config)
+    metrics = evaluate_unlearning(
+        model_with(config, arrays),
+        federated,
+        config.targets,
+        config.excluded,
+        resolve_device(config.device),
+    )
+    return {
+        "method": name,
+        "kind": "federated",
+        "status": "ok",
+        "targets": list(config.targets),
+        "seed": config.seed,
+        **metrics.as_dict(),
+        "recovery_rounds": None,
+        "recovered": None,
+        "cost": cost,
+    }
+
+
+def cell_row(config: FederationConfig, cell: Cell, reference_score: float) -> dict[str, Any]:
+    """The row of one method: metrics after recovery, recovery rounds, costs (or the refusal)."""
+    if cell.record is None:
+        return {
+            "method": cell.method,
+            "kind": "federated",
+            "status": "refused",
+            "reason": cell.reason,
+            "targets": list(config.targets),
+            "seed": config.seed,
+        }
+    return method_run_row(config, cell.method, cell.record, reference_score)
+
+
+def method_run_row(
+    config: FederationConfig, name: str, record: RunRecord, reference_score: float
+) -> dict[str, Any]:
+    """The row of a run that applied ``name``'s step after ``unlearn-at-round``."""
+    first = config.unlearn_at_round + 1
+    # a continuous run (fedforget run) also holds the original's rounds: not the method's time
+    before_s = max((h["elapsed_s"] for h in record.history if h["round"] == first - 1), default=0)
+    after = PhaseRecord(
+        record.final_arrays, record.rounds, record.history, record.wall_s - before_s
+    )
+    event = record.events[0]
+    cost = {
+        **after.cost(first),
+        "step_rounds": event.server_round - event.first_round + 1,
+        "server_storage_bytes": event.stored_bytes,
+    }
+    row = model_row(config, name, record.final_arrays, cost)
+    row["recovery_rounds"] = record.last_round - config.unlearn_at_round
+    score = row["test_acc"] if "test_acc" in row else row["test_dice"]
+    row["recovered"] = bool(score >= reference_score)
+    row["unlearning_round"] = event.first_round
+    row["update_norm"] = event.update_norm
+    return row
+
+
+def comparison_rows(config: FederationConfig, comparison: Comparison) -> list[dict[str, Any]]:
+    """Rows of ``original``, every cell and ``retrain`` (the reference)."""
+    reference = model_row(
+        config, REFERENCE, comparison.reference.arrays, comparison.reference.cost()
+    )
+    original = model_row(config, "original", comparison.original.arrays, comparison.original.cost())
+    score = reference["test_acc"] if "test_acc" in reference else reference["test_dice"]
+    cells = [cell_row(config, cell, score) for cell in comparison.cells]
+    return [original, *cells, reference]
+
+
+def _history(run: str, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"run": run, **entry} for entry in history]
+
+
+def resolve_methods(names: Sequence[str] | None) -> list[str]:
+    """The methods to compare (default: every registered one except ``retrain``)."""
+    chosen = list(names) if names else [m for m in method_names() if m != REFERENCE]
+    unknown = [m for m in chosen if m not in method_names()]
+    if unknown:
+        raise ConfigError(
+            f"unknown method(s) {', '.join(unknown)}; registered methods are "
+            f"{', '.join(method_names())}"
+        )
+    # the reference IS retrain (same initial model, same seeds, no targets): not run twice
+    return [m for m in dict.fromkeys(chosen) if m != REFERENCE]
+
+
+def _check(config: FederationConfig, recovery_stop: str) -> None:
+    if recovery_stop not in RECOVERY_STOPS:
+        raise ConfigError(f"recovery-stop must be one of {', '.join(RECOVERY_STOPS)}")
+    if not config.targets:
+        raise ConfigError("a comparison forgets clients: set unlearn-at-round and unlearn-clients")
+    load_federated_data(config)  # fail on missing data before any training
+
+
+def run_comparison(
+    config: FederationConfig,
+    out_dir: Path,
+    methods: Sequence[str] | None = None,
+    recovery_stop: str = "retrain-acc",
+    num_cpus: int | None = None,
+    num_gpus: float | None = None,
+) -> dict[str, Any]:
+    """``fedforget compare``: every method on the same original model; write and return results."""
+    from fedforget.simulation import simulate_app
+
+    _check(config, recovery_stop)
+    names = resolve_methods(methods)
+    started = time.monotonic()
+    cached = load_reference(config)
+    comparison = simulate_app(
+        lambda grid: compare_on_grid(grid, config, names, recovery_stop, cached, config.progress),
+        config.num_partitions,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+    )
+    if not comparison.reference_cached:
+        save_reference(config, comparison.reference)
+    history = [
+        *_history(REFERENCE, comparison.reference.history),
+        *_history("original", comparison.original.history),
+        *(
+            entry
+            for cell in comparison.cells
+            if cell.record is not None
+            for entry in _history(cell.method, cell.record.history)
+        ),
+    ]
+    results = {
+        "config": {**config.to_run_config(), "recovery-stop": recovery_stop},
+        "targets": list(config.targets),
+        "rows": comparison_rows(config, comparison),
+        "history": history,
+        "timing": {
+            "reference_cached": comparison.reference_cached,
+            "total_s": round(time.monotonic() - started, 2),
+        },
+    }
+    write_results(out_dir, results)
+    return results
+
+
+def run_main_job(
+    config: FederationConfig,
+    out_dir: Path,
+    recovery_stop: str = "retrain-acc",
+    num_cpus: int | None = None,
+    num_gpus: float | None = None,
+) -> dict[str, Any]:
+    """``fedforget run``: the reference (cached), then one federation with the run's method.
+
+    The run is one continuous federation (``flwr run`` would run the same), so
+    the live unlearning API serves it from round 1 when ``api-enabled``.
+    """
+    from fedforget.simulation import simulate, simulate_app
+
+    _check(config, recovery_stop)
+    started = time.monotonic()
+    reference = load_reference(config)
+    cached = reference is not None
+    if reference is None:
+        ref = reference_config(config)
+        reference = simulate_app(
+            lambda grid: train_phase(grid, ref, "[reference] "),
+            config.num_partitions,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+        )
+        save_reference(config, reference)
+    reference_score = _score(config, reference.arrays)
+    run = config.replace(
+        recovery_target_acc=reference_score if recovery_stop == "retrain-acc" else 0.0,
+        out_dir=str(out_dir / "runs" / config.method),
+    )
+    record = simulate(run, num_cpus, num_gpus=num_gpus)
+    if not record.events:
+        raise RuntimeError(
+            f"the unlearning request was not applied: {_refusal(record)} (see "
+            f"{Path(run.out_dir) / 'requests.json'})"
+        )
+    original_rounds = [r for r in record.rounds if r.server_round <= config.unlearn_at_round]
+    original_history = [h for h in record.history if h["round"] <= config.unlearn_at_round]
+    original = PhaseRecord(
+        record.events[0].model_before,
+        original_rounds,
+        original_history,
+        original_history[-1]["elapsed_s"] if original_history else 0.0,
+    )
+    rows = [
+        model_row(config, "original", original.arrays, original.cost()),
+        method_run_row(config, config.method, record, reference_score),
+        model_row(config, REFERENCE, reference.arrays, reference.cost()),
+    ]
+    results = {
+        "config": {**config.to_run_config(), "recovery-stop": recovery_stop},
+        "targets": list(config.targets),
+        "rows": rows,
+        "history": [
+            *_history(REFERENCE, reference.history),
+            *_history(config.method, record.history),
+        ],
+        "unlearning": [
+            {k: v for k, v in asdict(e).items() if k != "model_before"} for e in record.events
+        ],
+        "timing": {"reference_cached": cached, "total_s": round(time.monotonic() - started, 2)},
+    }
+    write_results(out_dir, results)
+    return results

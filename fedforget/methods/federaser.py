@@ -1,0 +1,313 @@
+"""FedEraser: replay the kept history with the remaining clients, calibrated.
+
+Liu et al., "FedEraser: Enabling Efficient Client-Level Data Removal from
+Federated Learning Models", IWQoS 2021 (docs: ``puf-reference.md``, section
+"Baselines (federated)").
+
+History (kept by :meth:`FedEraser.observe` in ordinary rounds): in every
+retained round ``t`` (``t = 1, 1 + interval, 1 + 2 interval, ...``) the global
+model ``w^t`` the server sent and each client's update ``U_k^t = w_k^t - w^t``
+with its example count. Storage grows with the rounds: that is FedEraser's cost.
+
+Step, for the retained rounds ``t_1 < ... < t_m`` (one unlearning round each)::
+
+    w~ = w^{t_1}                                         (the initial model)
+    in round j, each remaining client k that has U_k^{t_j} trains from w~ for
+    ceil(calibration-epochs-fraction * local-epochs) epochs:   Û_k = w~_k - w~
+    Ũ_k = |U_k^{t_j}| * Û_k / |Û_k|                      (:func:`calibrate`)
+    w~ <- w~ + sum_k (n_k / sum n) Ũ_k
+
+and the last ``w~`` is the new global model. The norms are taken per layer
+(each floating-point array separately, as in the original) or over the whole
+model (``per-layer = false``, as in later ports). The targets' updates are
+never used; a retained round in which no remaining client trained carries
+``w~`` over unchanged.
+
+Unlike the original code, which calibrates the clients' *mean* update, each
+client's update is calibrated against its own stored update, as in the
+paper's formulation, and the calibrated updates are averaged with FedAvg's
+example weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from fedforget.arrays import Arrays, arrays_nbytes, copy_arrays, is_float_array, norm, weighted_sum
+from fedforget.methods.base import (
+    TRAIN_ACTION,
+    ClientUpdate,
+    ConfigValue,
+    FederatedMethod,
+    MethodContext,
+    Needs,
+    RoundPlan,
+    StepFailed,
+    StepResult,
+    UnlearningStep,
+)
+from fedforget.protocol import natural_order
+from fedforget.store import StoredPseudoGradient
+
+
+def calibrate(stored: Arrays, new: Arrays, per_layer: bool) -> Arrays:
+    """``new``'s direction with ``stored``'s norm: FedEraser's calibrated update.
+
+    Parameters
+    ----------
+    stored : Arrays
+        The client's update kept from the original training round (its norm
+        is the step length).
+    new : Arrays
+        The client's update in the unlearning round (its direction is kept).
+    per_layer : bool
+        Rescale each floating-point array to the norm of the same array of
+        ``stored`` (the original); otherwise rescale the whole update to the
+        norm of the whole stored update.
+
+    Returns
+    -------
+    dict[str, NDArray]
+        The floating-point arrays of ``new``, rescaled, in their dtypes. An
+        array (or, whole-model, an update) of norm 0 has no direction: it
+        stays zero.
+
+    Raises
+    ------
+    ValueError
+        If ``stored`` lacks a floating-point array of ``new`` or its shape differs.
+
+    """
+    names = [name for name, value in new.items() if is_float_array(value)]
+    for name in names:
+        if name not in stored:
+            raise ValueError(f"the stored update lacks array {name!r} of the new update")
+        if np.shape(stored[name]) != np.shape(new[name]):
+            raise ValueError(
+                f"the stored update has shape {np.shape(stored[name])} for {name!r}; "
+                f"the new update's is {np.shape(new[name])}"
+            )
+    if per_layer:
+        scales = {name: _scale(norm(stored, (name,)), norm(new, (name,))) for name in names}
+    else:
+        scale = _scale(norm(stored, names), norm(new, names))
+        scales = dict.fromkeys(names, scale)
+    return {
+        name: (np.asarray(new[name], np.float64) * scales[name]).astype(new[name].dtype)
+        for name in names
+    }
+
+
+def _scale(stored_norm: float, new_norm: float) -> float:
+    # a zero update has no direction to follow: leave it zero rather than divide by 0
+    return stored_norm / new_norm if new_norm > 0 else 0.0
+
+
+def calibration_epochs(fraction: float, local_epochs: int) -> int:
+    """Local epochs of a calibration round: ``ceil(fraction * local_epochs)``, at least 1."""
+    # rounding first keeps e.g. 0.3 * 10 = 3.0000000000000004 at 3 epochs, not 4
+    return max(1, math.ceil(round(fraction * local_epochs, 9)))
+
+
+@dataclass
+class RetainedRound:
+    """What FedEraser keeps of one retained round: the model sent and each client's update."""
+
+    server_round: int
+    sent: Arrays
+    updates: dict[str, StoredPseudoGradient] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the model and the updates."""
+        return arrays_nbytes(self.sent) + sum(u.nbytes for u in self.updates.values())
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One calibrated update of a step (for inspection): its norms before and after."""
+
+    server_round: int  # the retained round whose stored update gave the norm
+    client_id: str
+    stored_norm: float
+    applied_norm: float
+
+
+class FedEraser(FederatedMethod):
+    """Replay the retained rounds with the remaining clients, each update rescaled.
+
+    Parameters
+    ----------
+    context : MethodContext
+        The federation's model and recipe.
+    interval : int | None (default: None)
+        Keep every ``interval``-th round (rounds 1, 1 + interval, ...); None
+        takes the default of ``federaser.interval``. The history is kept
+        before any request arrives, so the interval is fixed when the method
+        is built: a step whose ``federaser.interval`` differs is refused.
+
+    """
+
+    name = "federaser"
+    table = "federaser"
+    defaults: ClassVar[Mapping[str, ConfigValue]] = {
+        "interval": 1,
+        "calibration-epochs-fraction": 0.5,
+        "per-layer": True,
+    }
+    needs = Needs(
+        history=(
+            "every client update of every federaser.interval-th round, and the global "
+            "model they started from"
+        ),
+    )
+    reference = (
+        "Liu et al., FedEraser: Enabling Efficient Client-Level Data Removal from "
+        "Federated Learning Models, IWQoS 2021"
+    )
+    summary = "replay the kept rounds with the remaining clients, rescaled to the stored norms"
+
+    def __init__(self, context: MethodContext, interval: int | None = None) -> None:
+        super().__init__(context)
+        self.interval = int(self.defaults["interval"]) if interval is None else interval
+        if self.interval < 1:
+            raise ValueError(f"interval must be >= 1, got {self.interval}")
+        self.history: list[RetainedRound] = []
+        self.calibrations: list[Calibration] = []
+        """The calibrated updates of the latest step, in the order applied."""
+        self._schedule: tuple[RetainedRound, ...] = ()
+        self._position = 0
+
+    # ------------------------------------------------------------- settings
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:
+        """A positive interval and a fraction of the local epochs in (0, 1]."""
+        interval = settings["interval"]
+        if not (isinstance(interval, int) and interval >= 1):
+            return f"federaser.interval must be an integer >= 1, got {interval!r}"
+        fraction = settings["calibration-epochs-fraction"]
+        if not (isinstance(fraction, int | float) and 0 < fraction <= 1):
+            return (
+                f"federaser.calibration-epochs-fraction must be in (0, 1] (a fraction of "
+                f"local-epochs), got {fraction!r}"
+            )
+        return ""
+
+    # --------------------------------------------------------- ordinary rounds
+    def observe(self, server_round: int, sent: Arrays, updates: Sequence[ClientUpdate]) -> None:
+        """Keep the round's model and every update if the round is a retained one."""
+        if (server_round - 1) % self.interval:
+            return
+        self.history.append(
+            RetainedRound(
+                server_round,
+                copy_arrays(sent),
+                {
+                    u.client_id: StoredPseudoGradient(u.delta, u.num_examples, server_round)
+                    for u in updates
+                },
+            )
+        )
+
+    # -------------------------------------------------------------- the step
+    def refusal(self, targets: Sequence[str], settings: Mapping[str, ConfigValue]) -> str:
+        """A history to replay, kept at the step's interval."""
+        if settings["interval"] != self.interval:
+            return (
+                f"federaser.interval={settings['interval']} differs from the interval the "
+                f"history was kept with ({self.interval}): the history is kept from round 1, "
+                f"so the interval cannot change with a request"
+            )
+        if not self.history:
+            return (
+                "federaser has kept no round yet: no ordinary round has completed; "
+                "retry after the first round"
+            )
+        return ""
+
+    def plan(
+        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+    ) -> RoundPlan:
+        """Retained round ``index``: its remaining clients train from the calibrated model."""
+        if index == 0:
+            # the step replays the history as it was when it began
+            self._schedule = tuple(self.history)
+            self.calibrations = []
+        self._position = index
+        if index >= len(self._schedule):
+            return RoundPlan(global_arrays)  # apply says why
+        retained = self._schedule[index]
+        # the calibrated model starts at the first retained round's model (the initial one)
+        start = retained.sent if index == 0 else global_arrays
+        clients = [c for c in remaining if c in retained.updates and c not in step.targets]
+        epochs = calibration_epochs(
+            float(step.settings["calibration-epochs-fraction"]), self.context.local_epochs
+        )
+        return RoundPlan(
+            start,
+            dict.fromkeys(clients, TRAIN_ACTION),
+            epochs=epochs if clients else 0.0,
+            config={"local-epochs": epochs},
+        )
+
+    def apply(
+        self,
+        step: UnlearningStep,
+        global_arrays: Arrays,
+        plan: RoundPlan,
+        updates: Sequence[ClientUpdate],
+    ) -> StepResult:
+        """The calibrated model moved by the example-weighted mean of the calibrated updates."""
+        if self._position >= len(self._schedule):
+            raise StepFailed(
+                "federaser has no kept round to replay; nothing was forgotten: keep its "
+                "history (method='federaser' or methods) and retry after a round"
+            )
+        retained = self._schedule[self._position]
+        per_layer = bool(step.settings["per-layer"])
+        calibrated: list[tuple[int, Arrays]] = []
+        for update in updates:
+            stored = retained.updates.get(update.client_id)
+            if stored is None or update.client_id in step.targets:
+                continue  # only clients the plan asked reach here; kept for safety
+            rescaled = calibrate(stored.pseudo_gradient, update.delta, per_layer)
+            self.calibrations.append(
+                Calibration(
+                    retained.server_round,
+                    update.client_id,
+                    norm(stored.pseudo_gradient),
+                    norm(rescaled),
+                )
+            )
+            calibrated.append((update.num_examples, rescaled))
+        total = sum(count for count, _ in calibrated)
+        new = (
+            weighted_sum(plan.arrays, [(count / total, u) for count, u in calibrated])
+            if calibrated
+            else copy_arrays(plan.arrays)
+        )
+        done = self._position == len(self._schedule) - 1
+        if done:
+            self._schedule = ()
+        return StepResult(new, done=done)
+
+    # ------------------------------------------------------------- storage
+    def forget(self, client_ids: Sequence[str]) -> None:
+        """Erase the clients' updates from every retained round."""
+        for retained in self.history:
+            for client_id in client_ids:
+                retained.updates.pop(client_id, None)
+
+    def stored_bytes(self) -> int:
+        """Every retained round's model and updates: grows with the rounds."""
+        return sum(retained.nbytes for retained in self.history)
+
+    def stored_clients(self) -> list[str]:
+        """Clients with an update in some retained round."""
+        clients = {c for retained in self.history for c in retained.updates}
+        return sorted(clients, key=natural_order)

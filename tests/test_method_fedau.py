@@ -1,0 +1,75 @@
+"""FedAU in a real Flower simulation: the target trains a random-label head, the server mixes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from harness import TINY, simulate_strategy
+
+from fedforget.methods.fedau import FedAU, random_other_labels
+from fedforget.models import head_keys
+from fedforget.task import client_data, client_seed, model_arrays, model_with, new_model
+
+CONFIG = TINY.replace(method="fedau", unlearn_at_round=1, num_server_rounds=2)
+UNLEARN_ROUND = 2  # forgets client 1
+
+
+@pytest.fixture(scope="module")
+def run():
+    """Forget client 1 after round 1 with FedAU."""
+    return simulate_strategy(CONFIG)
+
+
+def auxiliary_model(global_arrays):
+    """The target's client step, recomputed on the model, data and seed its ClientApp used."""
+    model = model_with(CONFIG, global_arrays)
+    seed = client_seed(CONFIG, UNLEARN_ROUND, 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Ray actors, so the arithmetic repeats exactly
+    try:
+        FedAU.client_step(model, client_data(CONFIG, 1), CONFIG.settings_of("fedau"), {}, seed)
+    finally:
+        torch.set_num_threads(threads)
+    return model_arrays(model)
+
+
+def test_only_the_target_takes_part_with_the_fedau_action(run):
+    """The unlearning round asks the target alone, with its client step, for 10 head epochs."""
+    record = run.strategy.rounds[UNLEARN_ROUND - 1]
+    assert record.phase == "unlearn" and record.method == "fedau"
+    assert record.participants == ["1"] and record.contributors == ["1"]
+    assert record.actions == {"1": "fedau"}
+    assert record.client_epochs == 10
+    event = run.strategy.events[0]
+    assert event.method == "fedau" and event.clients == ("1",)
+    assert event.first_round == event.server_round == UNLEARN_ROUND
+
+
+def test_new_head_is_the_convex_mix_and_the_rest_is_unchanged(run):
+    """Head = 0.04 x previous head + 0.96 x the target's head; every other array as before."""
+    before, after = run.models[UNLEARN_ROUND - 1], run.models[UNLEARN_ROUND]
+    assert np.array_equal(
+        run.strategy.events[0].model_before["classifier.3.bias"], before["classifier.3.bias"]
+    )
+    heads = head_keys(new_model(CONFIG))
+    assert heads == ("classifier.3.weight", "classifier.3.bias")
+    auxiliary = auxiliary_model(before)
+    for name in heads:
+        expected = 0.04 * before[name].astype(np.float64) + 0.96 * auxiliary[name]
+        np.testing.assert_allclose(after[name], expected, atol=1e-6, rtol=0, err_msg=name)
+        # the step did change the head: the mix is not the old head
+        assert np.abs(after[name] - before[name]).max() > 1e-3
+    for name in before.keys() - set(heads):
+        assert np.array_equal(after[name], before[name]), name
+        assert np.array_equal(auxiliary[name], before[name]), f"{name} was not frozen"
+
+
+def test_random_labels_are_never_the_true_class_and_cover_the_others():
+    """Each example's label is drawn from the other classes, reproducibly."""
+    y = torch.arange(10).repeat(200)
+    labels = random_other_labels(y, 10, seed=7)
+    assert not torch.any(labels == y)
+    assert torch.equal(labels, random_other_labels(y, 10, seed=7))
+    for cls in range(10):
+        assert set(labels[y == cls].tolist()) == set(range(10)) - {cls}
