@@ -270,9 +270,7 @@ class FederationConfig:
             )
         remaining = self.num_partitions - len(set(self.targets) | set(self.excluded))
         if remaining < 1:
-            raise ConfigError(
-                "unlearn-clients and exclude-clients leave no client to recover with"
-            )
+            raise ConfigError("unlearn-clients and exclude-clients leave no client to recover with")
         self._validate_api()
 
     def _validate_methods(self) -> None:
@@ -308,7 +306,7 @@ class FederationConfig:
         if self.api_enabled and not self.state_dir:
             raise ConfigError(
                 "api-enabled=true needs state-dir: name a folder where unlearning requests "
-                "are kept across restarts, e.g. state-dir=\"/var/lib/fedforget\""
+                'are kept across restarts, e.g. state-dir="/var/lib/fedforget"'
             )
 
 

@@ -57,7 +57,11 @@ def test_method_tables_keep_only_what_differs_and_round_trip():
         {"method": "puf-regular", "puf.eta-regular": 10, "puf.eta-special": 2.0}
     )
     assert config.method_settings == (("puf.eta-regular", 10.0),)
-    assert config.settings_of("puf") == {"eta-special": 2.0, "eta-regular": 10.0, "source": "stored"}
+    assert config.settings_of("puf") == {
+        "eta-special": 2.0,
+        "eta-regular": 10.0,
+        "source": "stored",
+    }
     flat = config.to_run_config()
     assert flat["puf.eta-regular"] == 10.0 and flat["puf.source"] == "stored"
     assert FederationConfig.from_run_config(flat) == config

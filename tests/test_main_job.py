@@ -32,41 +32,47 @@ def fedforget(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 def test_main_job_writes_results_json_and_csv(tmp_path):
     out = tmp_path / "out"
-    done = fedforget("run", "--out", str(out), "--run-config", SMALL)
+    done = fedforget(
+        "run", "--out", str(out), "--run-config", SMALL, env={"FEDFORGET_CACHE": str(tmp_path)}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert (
         results["config"]["num-server-rounds"] == 5 and results["config"]["unlearn-clients"] == "0"
     )
-    methods = results["methods"]
-    assert set(methods) == {"original", "puf", "retrain"}
-    for values in methods.values():
+    rows = {row["method"]: row for row in results["rows"]}
+    assert list(rows) == ["original", "puf-special", "retrain"]
+    for row in rows.values():
+        assert row["status"] == "ok" and row["targets"] == ["0"]
         for metric in METRIC_NAMES:
-            assert 0.0 <= values[metric] <= 1.0
-    puf = methods["puf"]
+            assert 0.0 <= row[metric] <= 1.0
+    puf = rows["puf-special"]
     assert puf["unlearning_round"] == 3
     assert 1 <= puf["recovery_rounds"] <= 3
-    assert puf["recovered"] == (puf["test_acc"] >= methods["retrain"]["test_acc"])
+    assert puf["recovered"] == (puf["test_acc"] >= rows["retrain"]["test_acc"])
+    assert puf["cost"]["step_rounds"] == 1 and puf["cost"]["rounds"] == puf["recovery_rounds"]
     runs = [r["run"] for r in results["history"]]
     assert runs.count("retrain") == 3  # round 0 (initial) + 2 rounds
-    puf_rounds = [r for r in results["history"] if r["run"] == "puf"]
+    puf_rounds = [r for r in results["history"] if r["run"] == "puf-special"]
     assert [r["phase"] for r in puf_rounds[:4]] == ["initial", "train", "train", "unlearn"]
     assert all("0" not in r["participants"] for r in results["history"] if r["run"] == "retrain")
     assert all("0" not in r["participants"] for r in puf_rounds[3:])
-    assert results["gaps"]["retrain"] == dict.fromkeys(METRIC_NAMES, 0.0)
-    gap = abs(methods["original"]["forget_acc"] - methods["retrain"]["forget_acc"])
-    assert results["gaps"]["original"]["forget_acc"] == pytest.approx(gap)
-    header = (out / "methods.csv").read_text().splitlines()[0]
-    assert header.startswith("method,test_acc,forget_acc,retain_acc,mia_yeom,recovery_rounds")
+    lines = (out / "methods.csv").read_text().splitlines()
+    assert lines[0].startswith("method,status,test_acc,forget_acc,retain_acc,mia_yeom")
+    gap = abs(rows["original"]["forget_acc"] - rows["retrain"]["forget_acc"])
+    header = lines[0].split(",")
+    original = dict(zip(header, lines[1].split(","), strict=True))
+    assert float(original["gap_forget_acc"]) == pytest.approx(gap, abs=1e-6)
     assert len((out / "history.csv").read_text().splitlines()) == 1 + len(results["history"])
-    assert "round   1/2" in done.stdout and "round   3/5 unlearn" in done.stdout
+    assert "[reference] round   1/2" in done.stdout and "round   3/5 unlearn" in done.stdout
     assert "original" in done.stdout and "gap" in done.stdout
 
 
 @pytest.mark.parametrize(
     ("run_config", "key"),
     [
-        ("eta-special=0.0", "eta-special"),
+        ("puf.eta-special=0.0", "puf.eta-special"),
+        ("method='forget-all'", "method"),
         ("alpha=-1.0", "alpha"),
         ("unlearn-at-round=80", "unlearn-at-round"),
         ("dataset='cifar-1000'", "dataset"),

@@ -11,7 +11,12 @@ import torch
 from fedforget.config import FederationConfig
 from fedforget.data import load_dataset, load_federated_data
 from fedforget.data.prostate import SITES, load_site, mask_name, write_synthetic_prostate
-from fedforget.federated.federation import FINAL_MODEL_FILE, HISTORY_FILE, ORIGINAL_MODEL_FILE, read_arrays
+from fedforget.federated.federation import (
+    FINAL_MODEL_FILE,
+    HISTORY_FILE,
+    ORIGINAL_MODEL_FILE,
+    read_arrays,
+)
 from fedforget.metrics import evaluate_unlearning
 from fedforget.simulation import simulate
 from fedforget.task import model_with

@@ -1,4 +1,4 @@
-"""The unlearning strategy with PUF in real Flower simulations on the Ray backend (3-4 clients, tiny rounds)."""
+"""The unlearning strategy with PUF in real Flower simulations (Ray backend, 3-4 clients)."""
 
 from __future__ import annotations
 
@@ -130,7 +130,9 @@ def test_regular_fresh_applies_concurrent_requests_in_one_step():
         targets,
         mode="regular",
         eta=20.0,
-        remaining={cid: Contribution(e.pseudo_gradient, e.num_examples) for cid, e in remaining.items()},
+        remaining={
+            cid: Contribution(e.pseudo_gradient, e.num_examples) for cid, e in remaining.items()
+        },
     )
     assert_arrays_close(record.models[3], expected, atol=1e-5)
     # and it is not what plain FedAvg of everyone would have given

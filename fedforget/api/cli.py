@@ -96,7 +96,7 @@ def command_unlearn(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        options_of(args.options)
+        options = options_of(args.options)
     except ValueError as error:
         print(f"fedforget unlearn: error: {error}", file=sys.stderr)
         return 2
@@ -114,7 +114,7 @@ def command_unlearn(args: argparse.Namespace) -> int:
                 result = client.submit(
                     args.clients,
                     args.method,
-                    options_of(args.options),
+                    options,
                     idempotency_key=args.idempotency_key,
                 )
                 if args.wait:

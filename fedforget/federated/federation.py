@@ -90,6 +90,7 @@ def configured_requests(config: FederationConfig) -> list[UnlearningRequest]:
         UnlearningRequest(
             client_ids=config.targets,
             not_before_round=config.unlearn_at_round + 1,
+            method=config.method,
             request_id=f"config-round-{config.unlearn_at_round}",
         )
     ]
@@ -113,6 +114,10 @@ def method_context(config: FederationConfig) -> MethodContext:
         local_epochs=config.local_epochs,
         seed=config.seed,
         random_arrays=random_arrays,
+        settings={
+            method_class(name).table: config.settings_of(method_class(name).table)
+            for name in method_names()
+        },
     )
 
 
@@ -215,8 +220,11 @@ def run_rounds(
         record = strategy.rounds[-1] if strategy.rounds and server_round else None
         entry = {
             "round": server_round,
-            "phase": record.phase if record else "initial",
-            **({k: v for k, v in asdict(record).items() if k != "server_round"} if record else {}),
+            **(
+                {k: v for k, v in asdict(record).items() if k != "server_round"}
+                if record
+                else {"phase": "initial", "participants": []}
+            ),
             **{f"test_{SCORE_COLUMNS.get(k, k)}": v for k, v in metrics.items() if k != "loss"},
             "test_loss": metrics["loss"],
             "elapsed_s": round(time.monotonic() - started, 3),

@@ -21,12 +21,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from fedforget.arrays import Arrays
+
+if TYPE_CHECKING:  # the server-side arithmetic needs no torch; client steps bring it
+    import torch
+    from torch import nn
 
 ConfigValue = int | float | str | bool
 TRAIN_ACTION = "train"
@@ -124,6 +125,8 @@ class MethodContext:
     seed: int
     random_arrays: Callable[[int], Arrays]
     """The model freshly initialised under another seed."""
+    settings: Mapping[str, Mapping[str, ConfigValue]] = field(default_factory=dict)
+    """The run config's values of each method table (what a method keeps may depend on them)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,11 @@ class FederatedMethod(ABC):
         self.context = context
 
     # ------------------------------------------------------------- settings
+    @property
+    def run_settings(self) -> dict[str, ConfigValue]:
+        """The run config's settings of this method (defaults where the run sets none)."""
+        return method_settings(type(self), self.context.settings.get(self.table, {}))
+
     @classmethod
     def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:
         """Why ``settings`` are invalid for this method ('' if they are valid)."""

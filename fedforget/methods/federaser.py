@@ -147,7 +147,7 @@ class FedEraser(FederatedMethod):
         The federation's model and recipe.
     interval : int | None (default: None)
         Keep every ``interval``-th round (rounds 1, 1 + interval, ...); None
-        takes the default of ``federaser.interval``. The history is kept
+        takes the run's ``federaser.interval``. The history is kept
         before any request arrives, so the interval is fixed when the method
         is built: a step whose ``federaser.interval`` differs is refused.
 
@@ -174,7 +174,7 @@ class FedEraser(FederatedMethod):
 
     def __init__(self, context: MethodContext, interval: int | None = None) -> None:
         super().__init__(context)
-        self.interval = int(self.defaults["interval"]) if interval is None else interval
+        self.interval = int(self.run_settings["interval"]) if interval is None else interval
         if self.interval < 1:
             raise ValueError(f"interval must be >= 1, got {self.interval}")
         self.history: list[RetainedRound] = []

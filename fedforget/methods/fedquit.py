@@ -101,7 +101,7 @@ class FedQUIT(FederatedMethod):
         "Virtual Teacher, arXiv 2408.07587 (2024)"
     )
     summary = "targets distil the global model with the true-class logit hidden (KL, Adam)"
-    client_step = fedquit_client_step
+    client_step = staticmethod(fedquit_client_step)
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:

@@ -260,7 +260,7 @@ class PGA(FederatedMethod):
         "arXiv 2207.05521 (2022)"
     )
     summary = "targets ascend their loss from the reference model, projected onto an L2 ball"
-    client_step = pga_client_step
+    client_step = staticmethod(pga_client_step)
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
