@@ -86,8 +86,11 @@ def test_invalid_configuration_fails_before_training(tmp_path, run_config, key):
     assert not (tmp_path / "out").exists()
 
 
-def test_flwr_run_runs_the_apps_with_puf(tmp_path):
-    """`flwr run .` with a test-local FLWR_HOME; stops the SuperLink it started."""
+def test_flwr_run_runs_the_apps_with_a_client_step_method(tmp_path):
+    """`flwr run .` with FedQUIT: its client step travels as the Flower action train.fedquit.
+
+    A test-local FLWR_HOME; the SuperLink it started is stopped.
+    """
     flwr_home = tmp_path / "flwr-home"
     out = tmp_path / "flwr-out"
     env = {
@@ -106,7 +109,7 @@ def test_flwr_run_runs_the_apps_with_puf(tmp_path):
                 ".",
                 "--run-config",
                 f"num-partitions=3 num-server-rounds=3 unlearn-at-round=2 "
-                f"local-epochs=1 unlearn-clients='2' out-dir='{out}'",
+                f"local-epochs=1 unlearn-clients='2' method='fedquit' out-dir='{out}'",
                 "--federation-config",
                 "num-supernodes=3",
                 "--stream",
@@ -121,9 +124,13 @@ def test_flwr_run_runs_the_apps_with_puf(tmp_path):
         _stop_processes_using(flwr_home)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     events = json.loads((out / "events.json").read_text())
-    assert [(e["server_round"], e["clients"]) for e in events] == [(3, ["2"])]
+    assert [(e["server_round"], e["clients"], e["method"]) for e in events] == [
+        (3, ["2"], "fedquit")
+    ]
     history = json.loads((out / "history.json").read_text())
     assert [r["phase"] for r in history] == ["initial", "train", "train", "unlearn"]
+    # the target answered its distillation step: a valid reply, not an error
+    assert history[3]["actions"] == {"2": "fedquit"} and history[3]["contributors"] == ["2"]
     assert (out / "original_model.npz").is_file() and (out / "final_model.npz").is_file()
 
 
