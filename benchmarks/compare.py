@@ -10,15 +10,9 @@ against the target (at most 600 s on the 2-core machine) and every row.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-from record import report
+from record import report, time_fedforget
 
 TARGET_S = 600.0
 
@@ -28,16 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as run_dir, tempfile.TemporaryDirectory() as cache:
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "fedforget.cli", "compare", "--out", run_dir],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, "FEDFORGET_CACHE": cache},
-        )
-        wall = time.perf_counter() - start
-        results = json.loads((Path(run_dir) / "results.json").read_text())
+    wall, results = time_fedforget("compare")
     record = {
         "command": "fedforget compare (defaults, every registered method, empty cache)",
         "wall_s": round(wall, 1),

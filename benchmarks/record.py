@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,3 +22,21 @@ def report(name: str, record: dict[str, Any], out: Path | None) -> None:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(text + "\n")
+
+
+def time_fedforget(*arguments: str) -> tuple[float, dict[str, Any]]:
+    """Wall seconds of ``fedforget ARGUMENTS --out TMP`` as a user runs it, and its results.
+
+    The reference cache is empty (a first run: the retrained reference is
+    trained too, the worst case).
+    """
+    with tempfile.TemporaryDirectory() as run_dir, tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "fedforget.cli", *arguments, "--out", run_dir],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "FEDFORGET_CACHE": cache},
+        )
+        wall = time.perf_counter() - start
+        return wall, json.loads((Path(run_dir) / "results.json").read_text())

@@ -51,7 +51,11 @@ from fedforget.federated.federation import (
 )
 from fedforget.federated.records import RoundRecord
 from fedforget.methods import method_class, method_names
-from fedforget.metrics import evaluate_unlearning
+from fedforget.metrics import (
+    SegmentationUnlearningMetrics,
+    UnlearningMetrics,
+    evaluate_unlearning,
+)
 from fedforget.requests import InMemoryRequestQueue
 from fedforget.results import REFERENCE, write_results
 from fedforget.task import model_arrays, model_with, new_model
@@ -232,7 +236,7 @@ def compare_on_grid(
     cached = reference is not None
     if reference is None:
         reference = train_phase(grid, reference_config(config), "[reference] ")
-    reference_score = _score(config, reference.arrays)
+    reference_score = _evaluate(config, reference.arrays).test_score
 
     before = original_config(config, methods)
     instances = build_methods(before)
@@ -281,16 +285,17 @@ def _refusal(record: RunRecord) -> str:
     return reasons[0] if reasons else "the request was not applied within num-server-rounds"
 
 
-def _score(config: FederationConfig, arrays: Arrays) -> float:
-    federated = load_federated_data(config)
-    metrics = evaluate_unlearning(
+def _evaluate(
+    config: FederationConfig, arrays: Arrays
+) -> UnlearningMetrics | SegmentationUnlearningMetrics:
+    """A model's unlearning metrics for the config's targets (test-time inputs)."""
+    return evaluate_unlearning(
         model_with(config, arrays),
-        federated,
+        load_federated_data(config),
         config.targets,
         config.excluded,
         resolve_device(config.device),
     )
-    return metrics.test_score
 
 
 # ---------------------------------------------------------------- results
@@ -298,14 +303,7 @@ def model_row(
     config: FederationConfig, name: str, arrays: Arrays, cost: dict[str, Any]
 ) -> dict[str, Any]:
     """One row: a model's unlearning metrics and the cost of getting it."""
-    federated = load_federated_data(config)
-    metrics = evaluate_unlearning(
-        model_with(config, arrays),
-        federated,
-        config.targets,
-        config.excluded,
-        resolve_device(config.device),
-    )
+    metrics = _evaluate(config, arrays)
     return {
         "method": name,
         "kind": "federated",
@@ -468,7 +466,7 @@ def run_main_job(
             num_gpus=num_gpus,
         )
         save_reference(config, reference)
-    reference_score = _score(config, reference.arrays)
+    reference_score = _evaluate(config, reference.arrays).test_score
     run = config.replace(
         recovery_target_acc=reference_score if recovery_stop == "retrain-acc" else 0.0,
         out_dir=str(out_dir / "runs" / config.method),

@@ -12,7 +12,7 @@ import torch
 from harness import TINY, simulate_strategy
 
 from fedforget.arrays import Arrays, weighted_sum
-from fedforget.methods import method_names, register
+from fedforget.methods import method_names, register, unregister
 from fedforget.methods.base import (
     ClientUpdate,
     ConfigValue,
@@ -53,8 +53,6 @@ class ToyShift(FederatedMethod):
         return StepResult(weighted_sum(global_arrays, [(float(step.settings["shift"]), ones)]))
 
 
-register(ToyShift)
-
 CONFIG = TINY.replace(num_partitions=5, num_server_rounds=7, unlearn_at_round=0)
 REQUESTS = [
     UnlearningRequest(("0",), method="federaser", not_before_round=3, request_id="no-history"),
@@ -71,7 +69,12 @@ REQUESTS = [
 
 @pytest.fixture(scope="module")
 def run():
-    return simulate_strategy(CONFIG, REQUESTS)
+    # registered for this module only: other tests' configs must not carry its table
+    register(ToyShift)
+    try:
+        return simulate_strategy(CONFIG, REQUESTS)
+    finally:
+        unregister(ToyShift.name)
 
 
 def test_unmet_needs_and_unknown_methods_are_refused_with_the_reason(run):
@@ -130,7 +133,7 @@ def test_retrain_resets_to_the_initial_model_and_never_asks_the_target(run):
 
 
 def test_a_plugin_from_a_test_file_runs_through_the_spine(run):
-    assert "toy-shift" in method_names()
+    assert "toy-shift" not in method_names()  # unregistered again after the run
     event = run.strategy.events[-1]
     assert event.method == "toy-shift" and event.clients == ("4",)
     assert event.settings == {"shift": 0.25}  # the request's option over the default 0.5

@@ -45,6 +45,13 @@ def register(method: type[FederatedMethod]) -> type[FederatedMethod]:
     return method
 
 
+def unregister(name: str) -> None:
+    """Remove a method added by :func:`register` (built-in methods stay)."""
+    if name in FEDERATED_METHODS:
+        raise ValueError(f"{name!r} is a built-in method: it cannot be unregistered")
+    _registered.pop(name, None)
+
+
 def method_names() -> list[str]:
     """Every registered method name, built-in ones in registry order."""
     return [*FEDERATED_METHODS, *(n for n in _registered if n not in FEDERATED_METHODS)]
@@ -107,4 +114,5 @@ __all__ = [
     "method_names",
     "method_tables",
     "register",
+    "unregister",
 ]

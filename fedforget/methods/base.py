@@ -233,6 +233,56 @@ class FederatedMethod(ABC):
         return []
 
 
+class TargetStepMethod(FederatedMethod):
+    """A one-round step the targets compute with the method's client step.
+
+    The plan sends the global model to the targets with the method's action
+    (``settings["epochs"]`` local epochs for the cost record); the new global
+    model is the example-weighted mean of what they return. FedQUIT is this as
+    it stands; PGA changes what is sent, FedAU what is made of the replies.
+    """
+
+    def plan(
+        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+    ) -> RoundPlan:
+        """One round: the global model to the targets, who run the client step."""
+        return RoundPlan(
+            global_arrays,
+            dict.fromkeys(step.targets, self.name),
+            epochs=float(step.settings["epochs"]),
+        )
+
+    def apply(
+        self,
+        step: UnlearningStep,
+        global_arrays: Arrays,
+        plan: RoundPlan,
+        updates: Sequence[ClientUpdate],
+    ) -> StepResult:
+        """The example-weighted mean of the targets' returned models."""
+        return StepResult(fedavg(plan.arrays, target_updates(step, updates)))
+
+
+def target_updates(step: UnlearningStep, updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
+    """The targets' validated updates of a step round.
+
+    Raises
+    ------
+    StepFailed
+        Naming the targets that sent none: the step cannot forget them.
+
+    """
+    results = [u for u in updates if u.client_id in step.targets]
+    missing = sorted(set(step.targets) - {u.client_id for u in results})
+    if missing:
+        raise StepFailed(
+            f"client(s) {', '.join(missing)} returned no valid reply to the {step.method} step "
+            f"that began in round {step.first_round}; nothing was forgotten: resubmit when they "
+            f"are online"
+        )
+    return results
+
+
 def weights_by_examples(updates: Sequence[ClientUpdate]) -> list[tuple[float, ClientUpdate]]:
     """Each update with its FedAvg weight ``n_k / sum n``."""
     total = sum(u.num_examples for u in updates)

@@ -33,12 +33,12 @@ from fedforget.methods.base import (
     ClientData,
     ClientUpdate,
     ConfigValue,
-    FederatedMethod,
     Needs,
     RoundPlan,
-    StepFailed,
     StepResult,
+    TargetStepMethod,
     UnlearningStep,
+    target_updates,
     weights_by_examples,
 )
 from fedforget.models import head_keys
@@ -107,7 +107,7 @@ def mixed_head(
     return weighted_sum(global_arrays, terms, keys=head)
 
 
-class FedAU(FederatedMethod):
+class FedAU(TargetStepMethod):
     """The targets train an auxiliary head on random labels; the global head becomes a mix."""
 
     name = "fedau"
@@ -147,16 +147,6 @@ class FedAU(FederatedMethod):
             return "fedau replaces the linear classifier head, and this model has none"
         return ""
 
-    def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
-    ) -> RoundPlan:
-        """One round: the targets train an auxiliary head from the global model."""
-        return RoundPlan(
-            global_arrays,
-            dict.fromkeys(step.targets, self.name),
-            epochs=float(step.settings["epochs"]),
-        )
-
     def apply(
         self,
         step: UnlearningStep,
@@ -165,12 +155,6 @@ class FedAU(FederatedMethod):
         updates: Sequence[ClientUpdate],
     ) -> StepResult:
         """The global model with its head mixed with the targets' auxiliary heads."""
-        targets = [u for u in updates if u.client_id in step.targets]
-        missing = sorted(set(step.targets) - {u.client_id for u in targets})
-        if missing:
-            raise StepFailed(
-                f"client(s) {', '.join(missing)} returned no auxiliary head in round "
-                f"{step.first_round}; nothing was forgotten: resubmit when they are online"
-            )
+        targets = target_updates(step, updates)
         alpha = float(step.settings["original-weight"])
         return StepResult(mixed_head(global_arrays, targets, self.context.head_keys, alpha))

@@ -13,7 +13,7 @@ the example-weighted mean of the targets' students; recovery follows.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -21,18 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedforget.arrays import Arrays
 from fedforget.methods.base import (
     ClientData,
-    ClientUpdate,
     ConfigValue,
-    FederatedMethod,
     Needs,
-    RoundPlan,
-    StepFailed,
-    StepResult,
-    UnlearningStep,
-    fedavg,
+    TargetStepMethod,
 )
 
 
@@ -85,7 +78,7 @@ def fedquit_client_step(
     return total / max(count, 1)
 
 
-class FedQUIT(FederatedMethod):
+class FedQUIT(TargetStepMethod):
     """The targets distil a virtual teacher that hides the true class into the global model."""
 
     name = "fedquit"
@@ -112,30 +105,3 @@ class FedQUIT(FederatedMethod):
         if not int(settings["epochs"]) >= 1:
             return f"fedquit.epochs must be >= 1, got {settings['epochs']!r}"
         return ""
-
-    def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
-    ) -> RoundPlan:
-        """One round: the global model to the targets, who run the distillation."""
-        return RoundPlan(
-            global_arrays,
-            dict.fromkeys(step.targets, self.name),
-            epochs=float(step.settings["epochs"]),
-        )
-
-    def apply(
-        self,
-        step: UnlearningStep,
-        global_arrays: Arrays,
-        plan: RoundPlan,
-        updates: Sequence[ClientUpdate],
-    ) -> StepResult:
-        """The example-weighted mean of the targets' returned models."""
-        results = [u for u in updates if u.client_id in step.targets]
-        missing = sorted(set(step.targets) - {u.client_id for u in results})
-        if missing:
-            raise StepFailed(
-                f"client(s) {', '.join(missing)} returned no valid model in unlearning round "
-                f"{step.first_round}; fedquit needs every target online: resubmit when they are"
-            )
-        return StepResult(fedavg(plan.arrays, results))

@@ -43,10 +43,10 @@ from fedforget.methods.base import (
     MethodContext,
     Needs,
     RoundPlan,
-    StepFailed,
     StepResult,
     UnlearningStep,
     fedavg,
+    target_updates,
 )
 from fedforget.training import train
 
@@ -189,15 +189,8 @@ class MoDe(FederatedMethod):
         """A degradation round's momentum step, or the mean of the targets' guided models."""
         if DEGRADATION_ARRAYS not in plan.extra:
             return StepResult(self._degrade(step, global_arrays, plan, updates), done=False)
-        targets = [u for u in updates if u.client_id in step.targets]
-        missing = sorted(set(step.targets) - {u.client_id for u in targets})
         self.degradation = {}
-        if missing:
-            raise StepFailed(
-                f"client(s) {', '.join(missing)} returned no guided model in round "
-                f"{step.first_round + int(step.settings['degradation-rounds'])}; nothing was "
-                f"forgotten: resubmit when they are online"
-            )
+        targets = target_updates(step, updates)
         return StepResult(fedavg(global_arrays, targets))
 
     def _degrade(

@@ -57,14 +57,12 @@ from fedforget.methods.base import (
     ClientData,
     ClientUpdate,
     ConfigValue,
-    FederatedMethod,
     MethodContext,
     Needs,
     RoundPlan,
     StepFailed,
-    StepResult,
+    TargetStepMethod,
     UnlearningStep,
-    fedavg,
 )
 from fedforget.training import loss_function
 
@@ -221,7 +219,7 @@ def pga_client_step(
     return total / max(count, 1)
 
 
-class PGA(FederatedMethod):
+class PGA(TargetStepMethod):
     """Projected gradient ascent on the targets from the reference model ``w_ref``.
 
     Several targets forget together: every target receives the same ``w_ref``
@@ -334,23 +332,6 @@ class PGA(FederatedMethod):
             norm(difference(self.context.random_arrays(seed), reference), keys) for seed in seeds
         ]
         return float(settings["radius-fraction"]) * float(np.mean(distances))
-
-    def apply(
-        self,
-        step: UnlearningStep,
-        global_arrays: Arrays,
-        plan: RoundPlan,
-        updates: Sequence[ClientUpdate],
-    ) -> StepResult:
-        """The example-weighted mean of the targets' returned models."""
-        results = [u for u in updates if u.client_id in step.targets]
-        missing = sorted(set(step.targets) - {u.client_id for u in results})
-        if missing:
-            raise StepFailed(
-                f"client(s) {', '.join(missing)} returned no valid model in unlearning round "
-                f"{step.first_round}; pga needs every target online: resubmit when they are"
-            )
-        return StepResult(fedavg(plan.arrays, results))
 
     def forget(self, client_ids: Sequence[str]) -> None:
         """Erase the clients' stored local models."""
