@@ -63,18 +63,24 @@ from fedforget.training import resolve_device
 
 RECOVERY_STOPS = ("retrain-acc", "budget")
 CACHE_ENV = "FEDFORGET_CACHE"
-# Keys that do not change what the reference run computes
+# Keys of the reference's config that do not change what it computes (its rounds do:
+# reference_config sets num-server-rounds to unlearn-at-round)
 _NOT_IN_REFERENCE_KEY = (
     "method",
     "methods",
-    "num-server-rounds",
     "recovery-target-acc",
     "out-dir",
     "progress",
     "round-timeout",
     "state-dir",
     "device",
+    "download",
     "fraction-evaluate",
+    "api-enabled",
+    "api-host",
+    "api-port",
+    "api-token-file",
+    "api-token-env",
 )
 
 

@@ -127,3 +127,17 @@ def test_second_call_reuses_the_cached_reference(first, cache, config, tmp_path)
     assert again["rows"][-1]["test_acc"] == results["rows"][-1]["test_acc"]
     assert "[reference]" not in done.stdout and "puf-special" in done.stdout
     assert "gap" in done.stdout and "stored" in done.stdout
+
+
+def test_reference_key_changes_with_what_the_reference_computes(config):
+    """The cache key follows the reference's training, not the method or the output."""
+    key = reference_key(config)
+    assert reference_key(config.replace(method="pga", out_dir="/elsewhere")) == key
+    assert reference_key(config.replace(api_port=8080, progress=True)) == key
+    for changed in (
+        config.replace(unlearn_at_round=3),
+        config.replace(unlearn_clients="1"),
+        config.replace(seed=1),
+        config.replace(local_epochs=2),
+    ):
+        assert reference_key(changed) != key

@@ -142,3 +142,12 @@ def test_a_plugin_from_a_test_file_runs_through_the_spine(run):
     assert [e.method for e in run.strategy.events] == ["natural", "not", "retrain", "toy-shift"]
     assert run.strategy.directory.forgotten == {"1", "2", "3", "4"}
     assert run.strategy.rounds[6].participants == ["0"]  # recovery with the last client
+
+
+def test_a_step_begun_in_the_last_round_completes():
+    """MoDe needs 3 rounds (2 degradation + guidance): a request after round 2 of 3 runs to 5."""
+    record = simulate_strategy(TINY.replace(num_server_rounds=3, method="mode"))
+    rounds = record.strategy.rounds
+    assert [r.phase for r in rounds] == ["train", "train", "unlearn", "unlearn", "unlearn"]
+    assert [(e.first_round, e.server_round) for e in record.strategy.events] == [(3, 5)]
+    assert sorted(record.models) == [0, 1, 2, 3, 4, 5]

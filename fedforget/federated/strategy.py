@@ -158,6 +158,9 @@ class UnlearningStrategy(FedAvg):
         Flower's round loop (train, client-side evaluation, server-side
         evaluation), started at ``first_round`` so that a run can go on from
         a model trained earlier (its rounds, and so its clients' seeds, go on).
+        A step that has begun always completes, past ``num_rounds`` if it must:
+        a half-done step (a half-calibrated FedEraser replay, a degraded MoDe
+        model) would leave a model that is neither the original nor unlearned.
         """
         train_config = train_config or ConfigRecord()
         evaluate_config = evaluate_config or ConfigRecord()
@@ -167,7 +170,8 @@ class UnlearningStrategy(FedAvg):
             metrics = evaluate_fn(0, arrays)
             if metrics is not None:
                 result.evaluate_metrics_serverapp[0] = metrics
-        for server_round in range(first_round, num_rounds + 1):
+        server_round = first_round
+        while server_round <= num_rounds or self._active is not None:
             replies = grid.send_and_receive(
                 self.configure_train(server_round, arrays, train_config, grid), timeout=timeout
             )
@@ -192,6 +196,7 @@ class UnlearningStrategy(FedAvg):
                     self.recovery_target,
                 )
                 break
+            server_round += 1
         result.arrays = arrays
         return result
 
