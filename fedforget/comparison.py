@@ -323,6 +323,11 @@ def model_row(
     }
 
 
+def test_score(row: dict[str, Any]) -> float:
+    """The score the recovery rule compares: test accuracy, or test Dice with background."""
+    return float(row["test_acc"] if "test_acc" in row else row["test_dice"])
+
+
 def cell_row(config: FederationConfig, cell: Cell, reference_score: float) -> dict[str, Any]:
     """The row of one method: metrics after recovery, recovery rounds, costs (or the refusal)."""
     if cell.record is None:
@@ -355,7 +360,7 @@ def method_run_row(
     }
     row = model_row(config, name, record.final_arrays, cost)
     row["recovery_rounds"] = record.last_round - config.unlearn_at_round
-    score = row["test_acc"] if "test_acc" in row else row["test_dice"]
+    score = test_score(row)
     row["recovered"] = bool(score >= reference_score)
     row["unlearning_round"] = event.first_round
     row["update_norm"] = event.update_norm
@@ -368,7 +373,7 @@ def comparison_rows(config: FederationConfig, comparison: Comparison) -> list[di
         config, REFERENCE, comparison.reference.arrays, comparison.reference.cost()
     )
     original = model_row(config, "original", comparison.original.arrays, comparison.original.cost())
-    score = reference["test_acc"] if "test_acc" in reference else reference["test_dice"]
+    score = test_score(reference)
     cells = [cell_row(config, cell, score) for cell in comparison.cells]
     return [original, *cells, reference]
 
