@@ -5,8 +5,9 @@ registry name; the run's ``method`` if None) and options that override that
 method's settings (keys of its config table, e.g. ``{"eta-special": 3.0}``
 for ``puf-special``). Requests wait in a queue; at each round boundary the
 strategy takes every request that is due, applies the compatible ones (same
-method and settings) together as one concurrent step, and records each as
-applied (with the round it took effect in) or rejected (with the reason).
+method and settings) together as one concurrent step, and records the step's
+requests as applied all at once (one transaction in a durable queue: a crash
+leaves all of them applied or none) or each as rejected (with the reason).
 
 Simulations put the configured request (``unlearn-at-round``,
 ``unlearn-clients``) into the queue before training, with ``not_before_round``
@@ -18,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -69,8 +70,14 @@ class RequestQueue(Protocol):
     def due(self, server_round: int) -> list[UnlearningRequest]:
         """Queued requests that may take effect in ``server_round``, oldest first."""
 
-    def mark_applied(self, request_id: str, server_round: int, update_norm: float) -> None:
-        """Record that a request took effect in ``server_round``."""
+    def mark_step_applied(
+        self, request_ids: Sequence[str], server_round: int, update_norm: float
+    ) -> None:
+        """Record that the requests of one step took effect in ``server_round``, all at once.
+
+        Only requests still queued change; a durable queue commits them in one
+        transaction, so a crash leaves either all of them applied or none.
+        """
 
     def mark_rejected(self, request_id: str, reason: str) -> None:
         """Record that a request was refused, and why."""
@@ -109,11 +116,20 @@ class InMemoryRequestQueue:
                 if r.status == "queued" and r.not_before_round <= server_round
             ]
 
-    def mark_applied(self, request_id: str, server_round: int, update_norm: float) -> None:
-        """Record that a request took effect in ``server_round``."""
-        self._update(
-            request_id, status="applied", applied_round=server_round, update_norm=update_norm
-        )
+    def mark_step_applied(
+        self, request_ids: Sequence[str], server_round: int, update_norm: float
+    ) -> None:
+        """Record that the (queued) requests of one step took effect in ``server_round``."""
+        with self._lock:
+            for request_id in request_ids:
+                request = self._requests[request_id]
+                if request.status == "queued":
+                    self._requests[request_id] = replace(
+                        request,
+                        status="applied",
+                        applied_round=server_round,
+                        update_norm=update_norm,
+                    )
 
     def mark_rejected(self, request_id: str, reason: str) -> None:
         """Record that a request was refused, and why."""

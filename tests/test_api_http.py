@@ -21,7 +21,7 @@ from fedforget.methods import method_names
 from fedforget.requests import UnlearningRequest
 
 IDLE = FederationConfig(
-    num_partitions=4,
+    num_partitions=5,
     unlearn_at_round=0,
     exclude_clients="3",
     api_enabled=True,
@@ -31,12 +31,12 @@ IDLE = FederationConfig(
 
 @pytest.fixture
 def api(tmp_path, monkeypatch):
-    """An API on a free loopback port; client 2 was forgotten by an earlier run."""
+    """An API on a free loopback port, clients 0-4; 2 forgotten by an earlier run, 3 excluded."""
     monkeypatch.delenv("FEDFORGET_API_TOKEN", raising=False)
     config = IDLE.replace(state_dir=str(tmp_path))
     earlier = SQLiteRequestQueue.in_state_dir(tmp_path)
     earlier.submit(UnlearningRequest(("2",), method="not", request_id="earlier"))
-    earlier.mark_applied("earlier", 5, 1.5)
+    earlier.mark_step_applied(["earlier"], 5, 1.5)
     strategy = build_strategy(config)
     with live_api(config, strategy) as server:
         token = (tmp_path / "api-token").read_text().strip()
@@ -238,11 +238,14 @@ def test_no_token_refuses_a_public_address_and_a_configured_token_is_used(tmp_pa
     with pytest.raises(ApiStartError), live_api(public, build_strategy(public)):
         pass
     assert not (tmp_path / "api.json").exists()
-    monkeypatch.setenv("FEDFORGET_API_TOKEN", "from-env")
-    assert resolve_token(public).value == "from-env"
+    monkeypatch.setenv("FEDFORGET_API_TOKEN", "from-env-" + "e" * 23)
+    assert resolve_token(public).value == "from-env-" + "e" * 23
     token_file = tmp_path / "token"
-    token_file.write_text("from-file\n")
-    assert resolve_token(public.replace(api_token_file=str(token_file))).value == "from-file"
+    token_file.write_text("from-file-" + "f" * 22 + "\n")
+    token_file.chmod(0o600)
+    assert resolve_token(public.replace(api_token_file=str(token_file))).value == (
+        "from-file-" + "f" * 22
+    )
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_token(public.replace(api_token_file=str(tmp_path / "missing")))
 
@@ -274,3 +277,75 @@ def test_fixed_port_and_endpoint_file(tmp_path, monkeypatch):
         assert "secret" not in (tmp_path / "api.json").read_text()
         assert UnlearningClient.from_state_dir(Path(tmp_path)).status()["current_round"] == 0
     assert not (tmp_path / "api.json").exists()
+
+
+def test_tokens_are_ascii_everywhere_and_long_on_public_addresses(tmp_path, monkeypatch):
+    """A short token on 0.0.0.0, or a non-ASCII one anywhere, stops the API with the fix."""
+    public = IDLE.replace(state_dir=str(tmp_path), api_host="0.0.0.0")
+    loopback = IDLE.replace(state_dir=str(tmp_path))
+    monkeypatch.setenv("FEDFORGET_API_TOKEN", "s" * 31)
+    with pytest.raises(ApiStartError, match="at least 32"):
+        resolve_token(public)
+    assert resolve_token(loopback).value == "s" * 31  # only this machine can try it
+    for bad in ("é" * 40, "with space" * 4, "tab\t" * 10):
+        monkeypatch.setenv("FEDFORGET_API_TOKEN", bad)
+        for config in (public, loopback):
+            with pytest.raises(ApiStartError, match="printable ASCII"):
+                resolve_token(config)
+    with pytest.raises(ApiStartError), live_api(public, build_strategy(public)):
+        pass
+    assert not (tmp_path / "api.json").exists()
+
+
+def test_cli_reports_a_non_ascii_token_without_a_traceback(api, capsys, monkeypatch):
+    """`fedforget unlearn` with a non-ASCII token (file or environment): exit 1, one clear line."""
+    _, strategy, state = api
+    token_file = state / "my-token"
+    token_file.write_text("tökén-" * 8)
+    assert (
+        fedforget(["unlearn", "--state-dir", str(state), "--token-file", str(token_file), "1"]) == 1
+    )
+    error = capsys.readouterr().err
+    assert "non-ASCII" in error and "Traceback" not in error
+    monkeypatch.setenv("FEDFORGET_API_TOKEN", "tökén-" * 8)
+    assert fedforget(["unlearn", "--state-dir", str(state), "--status"]) == 1
+    error = capsys.readouterr().err
+    assert "printable ASCII" in error and "Traceback" not in error
+    missing = str(state / "missing")
+    assert fedforget(["unlearn", "--state-dir", str(state), "--token-file", missing, "1"]) == 1
+    assert "cannot read the token file" in capsys.readouterr().err
+    assert [r.request_id for r in strategy.requests.all()] == ["earlier"]
+
+
+def test_eta_above_eta_max_is_refused_by_the_api_and_by_the_config(api):
+    """eta-special 100.5 > puf.eta-max (100): 422 naming the bound; a request cannot raise it."""
+    client, strategy, _ = api
+    with pytest.raises(ApiError) as above:
+        client.submit(["1"], options={"eta-special": 100.5})
+    assert above.value.status_code == 422 and "puf.eta-max = 100" in above.value.detail
+    with pytest.raises(ApiError) as huge:
+        client.submit(["1"], "puf-regular", {"eta-regular": 1e308})
+    assert huge.value.status_code == 422 and "eta-max" in huge.value.detail
+    with pytest.raises(ApiError) as raised:
+        client.submit(["1"], options={"eta-max": 1e308, "eta-special": 1e308})
+    assert raised.value.status_code == 422 and "only the run's configuration" in raised.value.detail
+    at_bound = client.submit(["1"], "puf-regular", {"eta-regular": 100})
+    assert at_bound["options"] == {"eta-regular": 100.0}
+    assert len(strategy.requests.all()) == 2  # 'earlier' and the one at the bound
+    with pytest.raises(ConfigError, match=r"puf\.eta-special"):
+        FederationConfig.from_run_config({"puf.eta-special": 150.0})
+    raised_bound = FederationConfig.from_run_config(
+        {"puf.eta-max": 200.0, "puf.eta-special": 150.0}
+    )
+    assert raised_bound.settings_of("puf")["eta-max"] == 200.0
+
+
+def test_a_request_that_would_leave_no_client_is_refused_at_submission(api):
+    """2 forgotten, 3 excluded: forgetting 0, 1 and 4 leaves nobody to recover with, so 409."""
+    client, strategy, _ = api
+    with pytest.raises(ApiError) as refused:
+        client.submit(["0", "1", "4"])
+    assert refused.value.status_code == 409
+    assert "no client to recover with" in refused.value.detail
+    assert [r.request_id for r in strategy.requests.all()] == ["earlier"]
+    assert client.submit(["0", "4"])["status"] == "queued"  # client 1 remains

@@ -36,10 +36,12 @@ from fedforget.task import model_arrays, new_model
 LIVE = FederationConfig(
     num_partitions=3,
     local_epochs=2,
-    num_server_rounds=7,
+    num_server_rounds=8,
     unlearn_at_round=0,
     api_enabled=True,
     progress=False,
+    # the operator raised the bound: eta = 1e308 passes the API, so the step itself must fail
+    method_settings=(("puf.eta-max", 1e308),),
 )
 
 
@@ -189,7 +191,7 @@ EXPECTED_CODES = {
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    """Bad inputs in one round, forget client 1 in a later one, then a 409 for it."""
+    """Bad inputs in one round, forget client 1 in a later one, a 409 for it, then eta 1e308."""
     config = LIVE.replace(state_dir=str(tmp_path_factory.mktemp("state")))
 
     def scenario(client: UnlearningClient) -> dict[str, Any]:
@@ -206,6 +208,7 @@ def live(tmp_path_factory):
             json={"client_ids": ["1"]},
             headers={"Authorization": f"Bearer {token}"},
         )
+        huge = client.submit(["0"], options={"eta-special": 1e308})
         return {
             "bad_round": bad_round,
             "bad": bad,
@@ -215,6 +218,7 @@ def live(tmp_path_factory):
             "submitted": submitted,
             "applied": applied,
             "again": (again.status_code, again.json()),
+            "huge": client.wait(huge["request_id"], timeout=120),
             "status": client.status(),
             "audit": client.audit_log(),
             "queued_at_end": len(SQLiteRequestQueue.in_state_dir(config.state_dir).all()),
@@ -265,7 +269,7 @@ def test_request_posted_mid_training_is_applied_at_the_next_round_boundary(live)
 def test_forgotten_client_is_excluded_afterwards(live):
     """After the unlearning round client 1 neither trains nor is stored; 409 if asked again."""
     t = live.api["applied"]["applied_round"]
-    later = live.strategy.rounds[t:]
+    later = [r for r in live.strategy.rounds[t:] if r.method == ""]  # the failed step aside
     assert later and all(r.participants == ["0", "2"] for r in later)
     assert max(e.server_round for cid, e in live.store.puts if cid == "1") == t - 1
     assert live.store.latest("1") is None
@@ -277,10 +281,32 @@ def test_forgotten_client_is_excluded_afterwards(live):
     assert status["server_storage"]["bytes"] == 2 * model_bytes
     code, body = live.api["again"]
     assert code == 409 and "client 1" in body["detail"]
-    assert live.api["queued_at_end"] == 1
+    assert live.api["queued_at_end"] == 2  # client 1's request and the rejected eta 1e308
     assert [(e["server_round"], e["client_ids"], e["method"]) for e in live.api["audit"]] == [
         (t, ["1"], "puf-special")
     ]
+
+
+def test_a_step_whose_result_is_not_finite_is_never_applied(live):
+    """eta-special 1e308 makes PUF's model Inf: the request ends rejected, the model is kept.
+
+    The round of the failed step leaves the global model exactly as before it;
+    nothing is forgotten, the audit log and the events hold client 1 only, and
+    client 0 trains again afterwards.
+    """
+    huge = live.api["huge"]
+    assert huge["status"] == "rejected" and "NaN or Inf" in huge["reason"]
+    assert (huge["applied_round"], huge["update_norm"]) == (None, None)
+    [failed] = [r for r in live.strategy.rounds if r.method and r.phase != "unlearn"]
+    n = failed.server_round
+    assert n > live.api["applied"]["applied_round"]
+    for name, value in live.models[n - 1].items():
+        np.testing.assert_array_equal(live.models[n][name], value, err_msg=name)
+    assert all(np.isfinite(v).all() for model in live.models.values() for v in model.values())
+    assert [e.clients for e in live.strategy.events] == [("1",)]
+    assert [e["client_ids"] for e in live.api["audit"]] == [["1"]]
+    assert live.api["status"]["clients_forgotten"] == ["1"]
+    assert live.strategy.rounds[n].participants == ["0", "2"], "too few rounds after the step"
 
 
 def test_two_requests_in_one_round_are_one_step_and_another_method_waits(tmp_path):
@@ -293,6 +319,7 @@ def test_two_requests_in_one_round_are_one_step_and_another_method_waits(tmp_pat
     config = LIVE.replace(
         num_partitions=4,
         num_server_rounds=6,
+        method_settings=(),
         methods="puf-regular",
         state_dir=str(tmp_path / "state"),
         out_dir=str(tmp_path / "out"),
@@ -330,7 +357,12 @@ def test_two_requests_in_one_round_are_one_step_and_another_method_waits(tmp_pat
     assert events[0]["request_ids"] == [first["request_id"], second["request_id"]]
     assert events[1]["request_ids"] == [regular["request_id"]]
     assert events[0]["settings"]["eta-special"] == 2.0
-    assert events[1]["settings"] == {"eta-special": 2.0, "eta-regular": 10.0, "source": "stored"}
+    assert events[1]["settings"] == {
+        "eta-special": 2.0,
+        "eta-regular": 10.0,
+        "eta-max": 100.0,
+        "source": "stored",
+    }
     assert [(e["server_round"], e["method"]) for e in api["audit"]] == [
         (s + 1, "puf-special"),
         (s + 1, "puf-special"),

@@ -52,11 +52,11 @@ def test_requests_survive_reopening_in_wal_mode(tmp_path):
 
 
 def test_a_request_is_applied_at_most_once(tmp_path):
-    """mark_applied changes a queued request only; later marks are ignored."""
+    """mark_step_applied changes a queued request only; later marks are ignored."""
     queue = SQLiteRequestQueue(tmp_path / "q.sqlite3")
     request = queue.submit(UnlearningRequest(("1",)))
-    queue.mark_applied(request.request_id, 4, 2.5)
-    queue.mark_applied(request.request_id, 9, 7.0)
+    queue.mark_step_applied([request.request_id], 4, 2.5)
+    queue.mark_step_applied([request.request_id], 9, 7.0)
     queue.mark_rejected(request.request_id, "late")
     stored = queue.get(request.request_id)
     assert (stored.status, stored.applied_round, stored.update_norm, stored.reason) == (
@@ -93,7 +93,7 @@ def test_carry_over_defers_only_queued_requests(tmp_path):
     early = queue.submit(UnlearningRequest(("1",)))
     late = queue.submit(UnlearningRequest(("2",), not_before_round=7))
     done = queue.submit(UnlearningRequest(("0",)))
-    queue.mark_applied(done.request_id, 3, 1.0)
+    queue.mark_step_applied([done.request_id], 3, 1.0)
     assert queue.carry_over(first_round=2) == 1
     assert [r.request_id for r in queue.due(1)] == []
     assert [r.request_id for r in queue.due(2)] == [early.request_id]
@@ -104,7 +104,7 @@ def test_strategy_restores_the_forgotten_set_from_the_state_dir(tmp_path):
     """build_strategy on a state dir with an applied request starts with that client forgotten."""
     queue = SQLiteRequestQueue.in_state_dir(tmp_path)
     applied = queue.submit(UnlearningRequest(("1", "2")))
-    queue.mark_applied(applied.request_id, 5, 1.0)
+    queue.mark_step_applied([applied.request_id], 5, 1.0)
     queue.submit(UnlearningRequest(("0",)))
     assert forgotten_clients(queue) == {"1", "2"}
     config = FederationConfig(num_partitions=4, unlearn_at_round=0, state_dir=str(tmp_path))

@@ -60,6 +60,7 @@ def test_method_tables_keep_only_what_differs_and_round_trip():
     assert config.settings_of("puf") == {
         "eta-special": 2.0,
         "eta-regular": 10.0,
+        "eta-max": 100.0,
         "source": "stored",
     }
     flat = config.to_run_config()

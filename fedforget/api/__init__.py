@@ -6,6 +6,8 @@
 * :mod:`fedforget.api.server`: uvicorn in a thread of the ServerApp
   (:func:`live_api`);
 * :mod:`fedforget.api.auth`: the bearer token;
+* :mod:`fedforget.api.state_dir`: the state directory's permissions (0700
+  folder, 0600 files, secrets never read through a symbolic link);
 * :mod:`fedforget.api.client`: :class:`UnlearningClient`, used by
   ``fedforget unlearn``.
 

@@ -22,8 +22,11 @@ Endpoints (all under ``/v1``, all require ``Authorization: Bearer <token>``):
 The API only writes into the queue the strategy reads at each round boundary
 (one request path) and reads only the strategy's status snapshot
 (:class:`~fedforget.federated.records.FederationStatus`). Refused calls change
-nothing: 401 (token), 409 (already forgotten), 413 (body over the limit), 422
-(malformed or invalid input, unknown client, unknown method or option). What
+nothing: 401 (token), 408 (body not sent within the time limit), 409 (already
+forgotten, or no client would be left to recover with), 413 (body over the
+limit), 422 (malformed or invalid input, unknown client, unknown method or
+option, a setting out of its bounds such as ``eta-special`` above
+``puf.eta-max``, or a setting only the run's configuration may change). What
 only a round boundary can tell (e.g. whether a stored update exists, or the
 run keeps the history a method needs) is checked there: the request is then
 ``rejected`` with the reason.
@@ -31,6 +34,7 @@ run keeps the history a method needs) is checked there: the request is then
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Literal
@@ -49,12 +53,13 @@ from fedforget.api.constants import (
     MAX_CLIENTS_PER_REQUEST,
     MAX_OPTION_CHARS,
     MAX_OPTIONS_PER_REQUEST,
+    REQUEST_BODY_TIMEOUT_S,
 )
 from fedforget.api.sqlite_queue import IdempotencyConflict, RequestRecord, SQLiteRequestQueue
 from fedforget.config import FederationConfig
 from fedforget.federated.records import FederationStatus
 from fedforget.methods import method_class, method_names
-from fedforget.methods.base import method_settings
+from fedforget.methods.base import request_settings
 from fedforget.protocol import natural_order
 from fedforget.requests import OptionValue, UnlearningRequest, forgotten_clients
 
@@ -175,7 +180,11 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         401: "Missing or wrong bearer token.",
         404: "No such request.",
-        409: "A client of the request has already been forgotten.",
+        408: f"The body was not received within {REQUEST_BODY_TIMEOUT_S:g} s.",
+        409: (
+            "A client of the request has already been forgotten, or forgetting them would "
+            "leave no client to recover with."
+        ),
         413: f"Body larger than {MAX_BODY_BYTES} bytes.",
         422: (
             "Malformed JSON, wrong types, invalid values, an unknown client, or an unknown "
@@ -235,8 +244,10 @@ class FederationView:
         """``options`` as ``method`` takes them (typed as its settings), or 422 with why.
 
         The method must be registered; each option must be a key of its config
-        table with a value of the key's type, and the run's settings with the
-        options applied must pass the method's own check.
+        table with a value of the key's type and not one of the settings only
+        the run's configuration may change (the method's ``run_only``,
+        e.g. PUF's bound ``eta-max``), and the run's settings with the options
+        applied must pass the method's own check (e.g. eta within the bound).
         """
         if method not in method_names():
             raise HTTPException(
@@ -246,12 +257,9 @@ class FederationView:
             )
         cls = method_class(method)
         try:
-            settings = method_settings(cls, {**self.config.settings_of(cls.table), **options})
+            settings = request_settings(cls, self.config.settings_of(cls.table), options)
         except ValueError as error:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
-        problem = cls.check_settings(settings)
-        if problem:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problem)
         return {key: settings[key] for key in options}
 
 
@@ -303,12 +311,15 @@ class BearerTokenMiddleware:
 class BodyLimitMiddleware:
     """Answer 413 to bodies over ``max_bytes`` (declared or streamed) before parsing."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, timeout_s: float = REQUEST_BODY_TIMEOUT_S
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Buffer the body up to the limit, then pass it on; 413 beyond it."""
+        """Buffer the body up to the limit, then pass it on; 413 beyond it, 408 if too slow."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -318,16 +329,27 @@ class BodyLimitMiddleware:
             await self._too_large(send)
             return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body.extend(message.get("body", b""))
-            if len(body) > self.max_bytes:
-                await self._too_large(send)
-                return
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body.extend(message.get("body", b""))
+                    if len(body) > self.max_bytes:
+                        await self._too_large(send)
+                        return
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            # a half-sent body must not hold the connection: answer and let it close
+            await _send_error(
+                send,
+                status.HTTP_408_REQUEST_TIMEOUT,
+                f"request body not received within {self.timeout_s:g} s: send it at once",
+                {"connection": "close"},
+            )
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -414,7 +436,7 @@ def create_app(
         f"{API_PREFIX}/unlearning-requests",
         status_code=status.HTTP_202_ACCEPTED,
         response_model=RequestView,
-        responses=_errors(401, 409, 413, 422),
+        responses=_errors(401, 408, 409, 413, 422),
         summary="Ask the federation to forget clients at the next round boundary",
     )
     def submit(
@@ -513,7 +535,13 @@ def refuse_unknown_or_forgotten(
     federation: FederationView,
     snapshot: FederationStatus,
 ) -> None:
-    """Raise 422 for an unknown or excluded client, 409 for a forgotten one."""
+    """Raise 422 for an unknown or excluded client, 409 for a forgotten one or none left.
+
+    None left: the clients known now (the configured partitions and those
+    seen), less the forgotten, the excluded and the request's own, would be
+    empty, so no client would be left to recover with (the round boundary
+    would refuse it; refusing now tells the caller at once).
+    """
     known = federation.known_clients(snapshot)
     excluded = set(snapshot.clients_excluded)
     forgotten = federation.forgotten(queue, snapshot)
@@ -534,6 +562,13 @@ def refuse_unknown_or_forgotten(
                 status.HTTP_409_CONFLICT,
                 f"client {client_id} has already been forgotten: see GET {API_PREFIX}/audit-log",
             )
+    if not known - forgotten - excluded - set(client_ids):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"forgetting client(s) {', '.join(client_ids)} would leave no client to recover "
+            f"with: of the clients {', '.join(sorted(known, key=natural_order))}, the others "
+            "are forgotten or excluded",
+        )
 
 
 def jsonable(value: Any) -> Any:

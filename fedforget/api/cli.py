@@ -79,7 +79,7 @@ def add_unlearn_parser(commands: Any) -> None:
 
 def command_unlearn(args: argparse.Namespace) -> int:
     """Run ``fedforget unlearn``; 0 on success, 1 if the API refused or rejected."""
-    from fedforget.api.client import ApiError, UnlearningClient
+    from fedforget.api.client import ApiError, UnlearningClient, read_token_file
 
     reading = bool(args.request or args.status or args.audit_log)
     if reading == bool(args.clients):
@@ -100,8 +100,8 @@ def command_unlearn(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"fedforget unlearn: error: {error}", file=sys.stderr)
         return 2
-    token = args.token_file.read_text().strip() if args.token_file else None
     try:
+        token = read_token_file(args.token_file) if args.token_file else None
         with UnlearningClient.from_state_dir(args.state_dir, token=token, url=args.url) as client:
             result: Any
             if args.status:

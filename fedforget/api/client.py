@@ -43,9 +43,20 @@ class UnlearningClient:
     timeout : float (default: 10.0)
         Seconds per HTTP call.
 
+    Raises
+    ------
+    ApiError
+        If ``token`` is not printable ASCII (no server accepts such a token).
+
     """
 
     def __init__(self, url: str, token: str, timeout: float = 10.0) -> None:
+        if not token.isascii() or not token.isprintable() or " " in token:
+            raise ApiError(
+                0,
+                "the API token must be printable ASCII without spaces (as the server requires): "
+                "check --token-file, $FEDFORGET_API_TOKEN or <state-dir>/api-token",
+            )
         self.url = url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
@@ -159,14 +170,29 @@ class UnlearningClient:
         raise ApiError(response.status_code, detail)
 
 
+def read_token_file(path: Path) -> str:
+    """Return the stripped token in ``path``, or an :class:`ApiError` saying what is wrong."""
+    try:
+        value = path.read_bytes().decode("ascii").strip()
+    except OSError as error:
+        raise ApiError(0, f"cannot read the token file {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ApiError(
+            0, f"the token file {path} holds non-ASCII bytes: an API token is printable ASCII"
+        ) from None
+    if not value:
+        raise ApiError(0, f"the token file {path} is empty: write the API token into it")
+    return value
+
+
 def read_token(state_dir: Path) -> str:
     """Return the API token: ``$FEDFORGET_API_TOKEN``, else ``<state_dir>/api-token``."""
     value = os.environ.get(TOKEN_ENV, "").strip()
     if value:
         return value
     path = state_dir / TOKEN_FILE
-    if path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
+    if path.is_file():
+        return read_token_file(path)
     raise ApiError(
         0,
         f"no API token: set {TOKEN_ENV}, pass --token-file, or run where {path} is readable",

@@ -14,3 +14,22 @@ MAX_CLIENTS_PER_REQUEST = 256
 MAX_OPTIONS_PER_REQUEST = 32
 MAX_OPTION_CHARS = 256
 """Longest string value of an option."""
+MIN_PUBLIC_TOKEN_CHARS = 32
+"""Shortest token accepted on a non-loopback address (tokens are printable ASCII everywhere)."""
+
+# --- connections (uvicorn; see fedforget.api.server)
+REQUEST_HEAD_TIMEOUT_S = 5.0
+"""A connection must send a complete request line and headers within this after it opens
+or after its previous response; otherwise it is closed."""
+REQUEST_BODY_TIMEOUT_S = 5.0
+"""The body of a request must arrive within this; otherwise 408 and the connection closes."""
+KEEP_ALIVE_TIMEOUT_S = 5
+"""Idle keep-alive connections are closed after this many seconds (``timeout_keep_alive``)."""
+MAX_CONNECTIONS = 64
+"""Open connections at most: beyond it the oldest idle one (no request under way) is closed,
+so that a flood of idle connections never locks out the token holder."""
+MAX_HEADER_BYTES = 8 * 1024
+"""Request line and headers larger than this are refused (h11's incomplete-event limit)."""
+MAX_REQUESTS_IN_PROGRESS = 2 * MAX_CONNECTIONS
+"""uvicorn's ``limit_concurrency``: beyond it a request gets 503. uvicorn counts open
+connections and requests in progress; the connection cap keeps the first below it."""

@@ -4,11 +4,22 @@
 round loop in: with ``api-enabled=true`` the API answers while rounds run and
 stops when the run ends. The address it listens on (``api-port=0`` picks a
 free port) is written to ``<state-dir>/api.json`` so that ``fedforget
-unlearn --state-dir DIR`` finds it; the file is removed on a clean stop.
+unlearn --state-dir DIR`` finds it (mode 0600); the file is removed on a clean stop.
+
+Connections are bounded so that a local user without the token cannot lock
+the token holder out (:class:`GuardedH11Protocol`, limits in
+:mod:`fedforget.api.constants`): a connection must send a complete request
+head within ``REQUEST_HEAD_TIMEOUT_S`` of opening or of its previous
+response, and a body within ``REQUEST_BODY_TIMEOUT_S``; idle keep-alive
+connections close after ``KEEP_ALIVE_TIMEOUT_S``; at most
+``MAX_CONNECTIONS`` are open, and a new one beyond that closes the one that
+has been idle longest (no request under way), so requests sent promptly are
+always served.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -20,17 +31,91 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from fedforget.api.app import FederationView, create_app
 from fedforget.api.auth import ApiToken, resolve_token
-from fedforget.api.constants import ENDPOINT_FILE
+from fedforget.api.constants import (
+    ENDPOINT_FILE,
+    KEEP_ALIVE_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    MAX_HEADER_BYTES,
+    MAX_REQUESTS_IN_PROGRESS,
+    REQUEST_HEAD_TIMEOUT_S,
+)
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
+from fedforget.api.state_dir import prepare_state_dir, write_private_file
 from fedforget.config import FederationConfig
 from fedforget.federated.strategy import UnlearningStrategy
 
 START_TIMEOUT_S = 10.0
+SHUTDOWN_TIMEOUT_S = 5
 
 logger = logging.getLogger(__name__)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 connection with a deadline for each request head and a cap on connections.
+
+    uvicorn times out idle keep-alive connections only after a response, and
+    never a connection that has not sent a complete request: an idle or
+    half-sent connection would stay open for good. Here every connection must
+    complete a request head within ``REQUEST_HEAD_TIMEOUT_S`` of opening (or
+    of its previous response), and at most ``MAX_CONNECTIONS`` stay open: a
+    new one beyond it closes the connection idle for longest (itself if all
+    others have a request under way).
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        """Start the head deadline; make room if the connections are at the cap."""
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self.idle_since = time.monotonic()
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._await_request_head()
+        self._enforce_connection_cap()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop the head deadline with the connection."""
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        """After a response the next request head is due within the deadline too."""
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self.idle_since = time.monotonic()
+            self._await_request_head()
+
+    def is_idle(self) -> bool:
+        """No request under way: nothing sent yet, a partial head, or a finished response."""
+        return not self.transport.is_closing() and (
+            self.cycle is None or self.cycle.response_complete
+        )
+
+    def _await_request_head(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        self._head_deadline = self.loop.call_later(
+            REQUEST_HEAD_TIMEOUT_S, self._head_overdue, self.cycle
+        )
+
+    def _head_overdue(self, cycle: RequestResponseCycle | None) -> None:
+        # no request began since the deadline was set (uvicorn replaces cycle per request)
+        if self.cycle is cycle and self.is_idle():
+            self.transport.close()
+
+    def _enforce_connection_cap(self) -> None:
+        open_connections = [
+            c
+            for c in self.connections
+            if isinstance(c, GuardedH11Protocol) and not c.transport.is_closing()
+        ]
+        if len(open_connections) <= MAX_CONNECTIONS:
+            return
+        idle = [c for c in open_connections if c is not self and c.is_idle()]
+        victim = min(idle, key=lambda c: c.idle_since) if idle else self
+        victim.transport.close()
 
 
 class ApiServer:
@@ -69,6 +154,11 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             ws="none",
+            http=GuardedH11Protocol,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S,
+            limit_concurrency=MAX_REQUESTS_IN_PROGRESS,
+            timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="fedforget-api", daemon=True)
@@ -120,7 +210,7 @@ def live_api(config: FederationConfig, strategy: UnlearningStrategy) -> Iterator
     server = ApiServer(
         strategy.requests, federation, token, config.api_host, config.api_port
     ).start()
-    endpoint = Path(config.state_dir) / ENDPOINT_FILE
+    endpoint = prepare_state_dir(Path(config.state_dir)) / ENDPOINT_FILE
     write_endpoint(endpoint, server)
     if config.progress:
         print(f"unlearning API on {server.url} (token: {token.origin})", flush=True)
@@ -132,11 +222,9 @@ def live_api(config: FederationConfig, strategy: UnlearningStrategy) -> Iterator
 
 
 def write_endpoint(path: Path, server: ApiServer) -> None:
-    """Write where the API listens (never the token), atomically."""
+    """Write where the API listens (never the token), atomically, mode 0600."""
     record = {"url": server.url, "host": server.host, "port": server.port, "pid": os.getpid()}
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record, indent=2))
-    temporary.replace(path)
+    write_private_file(path, json.dumps(record, indent=2))
 
 
 def _listen(host: str, port: int) -> socket.socket:

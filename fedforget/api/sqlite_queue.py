@@ -8,8 +8,15 @@ forgotten clients is not kept separately: it is the union of the clients of
 the applied requests (:func:`fedforget.requests.forgotten_clients`), so it
 cannot drift from the requests that caused it.
 
-Each request is applied at most once: ``mark_applied`` only changes a request
-that is still queued, and ``due`` only returns queued ones. An idempotency key
+Each request is applied at most once: ``mark_step_applied`` only changes
+requests that are still queued, and ``due`` only returns queued ones. The
+requests of one step are marked applied in one transaction, so a crash while
+a step is recorded leaves all of them applied or none (and the audit log, the
+applied requests, with them).
+
+The database and its ``-wal`` and ``-shm`` files are created with mode 0600
+(SQLite gives its side files the database's mode) in a folder created 0700
+(:mod:`fedforget.api.state_dir`). An idempotency key
 (unique) makes resubmissions return the request the key first created.
 
 A request's method is its registry name (NULL: the run's ``method``) and its
@@ -26,13 +33,14 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from fedforget.api.constants import DATABASE_FILE
+from fedforget.api.state_dir import create_private_file, prepare_state_dir, tighten_private_file
 from fedforget.requests import OptionValue, RequestStatus, UnlearningRequest
 
 SCHEMA_VERSION = 2
@@ -94,7 +102,8 @@ class SQLiteRequestQueue:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_state_dir(self.path.parent)
+        _create_private_database(self.path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -144,14 +153,28 @@ class SQLiteRequestQueue:
         )
         return [_record(row).request for row in rows]
 
-    def mark_applied(self, request_id: str, server_round: int, update_norm: float) -> None:
-        """Record that a queued request took effect in ``server_round`` (once only)."""
-        self._set_outcome(
-            request_id,
-            "UPDATE requests SET status = 'applied', applied_round = ?, update_norm = ?, "
-            "applied_at = ? WHERE request_id = ? AND status = 'queued'",
-            (server_round, update_norm, time.time(), request_id),
-        )
+    def mark_step_applied(
+        self, request_ids: Sequence[str], server_round: int, update_norm: float
+    ) -> None:
+        """Record that the queued requests of one step took effect, in one transaction."""
+        applied_at = time.time()
+        with self._transaction():
+            changed = sum(
+                self._db.execute(
+                    "UPDATE requests SET status = 'applied', applied_round = ?, update_norm = ?, "
+                    "applied_at = ? WHERE request_id = ? AND status = 'queued'",
+                    (server_round, update_norm, applied_at, request_id),
+                ).rowcount
+                for request_id in request_ids
+            )
+        if changed != len(request_ids):
+            logger.warning(
+                "%s of the %s requests of the step applied in round %s were not queued: their "
+                "outcome was not changed",
+                len(request_ids) - changed,
+                len(request_ids),
+                server_round,
+            )
 
     def mark_rejected(self, request_id: str, reason: str) -> None:
         """Record that a queued request was refused, and why."""
@@ -290,6 +313,15 @@ class SQLiteRequestQueue:
             logger.warning(
                 "Request %s is %s, not queued: its outcome was not changed", request_id, state
             )
+
+
+def _create_private_database(path: Path) -> None:
+    """Create the database 0600 before SQLite does (its -wal and -shm files take its mode)."""
+    try:
+        create_private_file(path, b"")
+    except FileExistsError:
+        for suffix in ("", "-wal", "-shm"):
+            tighten_private_file(path.with_name(path.name + suffix))
 
 
 def _record(row: sqlite3.Row) -> RequestRecord:

@@ -287,18 +287,33 @@ def run_record(
 
 
 def write_record(out_dir: Path, record: RunRecord) -> None:
-    """Write a run's records (see the module docstring)."""
+    """Write a run's records (see the module docstring).
+
+    The JSON files are strict JSON: a value that is not finite (e.g. the test
+    loss of a diverged model) is written as ``null``, never as a bare ``NaN``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     events = [
         {k: v for k, v in asdict(event).items() if k != "model_before"} for event in record.events
     ]
     requests = [asdict(request) for request in record.requests]
+
+    def finite_or_null(value: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite_or_null(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite_or_null(v) for v in value]
+        return value
+
     for name, data in (
         (HISTORY_FILE, record.history),
         (EVENTS_FILE, events),
         (REQUESTS_FILE, requests),
     ):
-        (out_dir / name).write_text(json.dumps(data, indent=2))
+        text = json.dumps(finite_or_null(data), indent=2, allow_nan=False)
+        (out_dir / name).write_text(text)
     np.savez(out_dir / FINAL_MODEL_FILE, **record.final_arrays)
     if record.original_arrays is not None:
         np.savez(out_dir / ORIGINAL_MODEL_FILE, **record.original_arrays)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 
 from fedforget.federated.clients import ClientDirectory
 from fedforget.methods import method_names
-from fedforget.methods.base import ConfigValue, FederatedMethod, UnlearningStep, method_settings
+from fedforget.methods.base import ConfigValue, FederatedMethod, UnlearningStep, request_settings
 from fedforget.protocol import natural_order
 from fedforget.requests import RequestQueue, UnlearningRequest
 
@@ -100,12 +100,13 @@ class Intake:
                 f"unknown unlearning method {name!r}: registered methods are "
                 f"{', '.join(method_names())}"
             )
-        cls = type(self.methods[name])
         try:
-            settings = method_settings(cls, {**self.run_settings(name), **request.options})
+            settings = request_settings(
+                type(self.methods[name]), self.run_settings(name), request.options
+            )
         except ValueError as error:
             return {}, str(error)
-        return settings, cls.check_settings(settings)
+        return settings, ""
 
     def _refusal(
         self,

@@ -338,16 +338,21 @@ class UnlearningStrategy(FedAvg):
         return result.arrays
 
     def _complete(self, server_round: int, result: StepResult) -> None:
+        """Record a finished step: its requests applied (one commit), then its targets forgotten.
+
+        The queue's commit comes first: it is what a restarted server reads (the
+        forgotten set is the applied requests' clients), so a crash leaves the
+        whole step recorded or none of it, never a part.
+        """
         active = self._active
         assert active is not None
         step = active.step
         self._active = None
         norm = update_norm(active.model_before, result.arrays)
+        self.requests.mark_step_applied([r.request_id for r in step.requests], server_round, norm)
         self.directory.forgotten.update(step.targets)
         for method in self.methods.values():  # no method keeps anything of a forgotten client
             method.forget(step.targets)
-        for request in step.requests:
-            self.requests.mark_applied(request.request_id, server_round, norm)
         self.events.append(
             UnlearningEvent(
                 server_round=server_round,

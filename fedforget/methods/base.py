@@ -171,6 +171,8 @@ class FederatedMethod(ABC):
     reference: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     client_step: ClassVar[ClientStep | None] = None
+    run_only: ClassVar[frozenset[str]] = frozenset()
+    """Settings only the run's configuration may set (bounds on what requests ask for)."""
 
     def __init__(self, context: MethodContext) -> None:
         self.context = context
@@ -320,6 +322,33 @@ def method_settings(
                 f"{method.table}.{key} is not a setting of {method.name}; its settings are: {valid}"
             )
         settings[key] = coerce_setting(f"{method.table}.{key}", value, settings[key])
+    return settings
+
+
+def request_settings(
+    method: type[FederatedMethod],
+    run: Mapping[str, ConfigValue],
+    options: Mapping[str, ConfigValue],
+) -> dict[str, ConfigValue]:
+    """The settings a request runs with: the run's, with the request's options applied.
+
+    Raises
+    ------
+    ValueError
+        On an option the method does not have, of another type, one only the
+        run may set (``run_only``), or settings the method's check refuses.
+
+    """
+    fixed = sorted(set(options) & method.run_only)
+    if fixed:
+        raise ValueError(
+            f"{method.table}.{fixed[0]} bounds what requests may ask for: only the run's "
+            "configuration sets it (--run-config), a request cannot"
+        )
+    settings = method_settings(method, {**run, **options})
+    problem = method.check_settings(settings)
+    if problem:
+        raise ValueError(problem)
     return settings
 
 

@@ -56,6 +56,11 @@ from fedforget.store import InMemoryPseudoGradientStore, PseudoGradientStore, St
 
 UNLEARN_MODES = ("special", "regular")
 PSEUDO_GRADIENT_SOURCES = ("stored", "fresh")
+ETA_MAX = 100.0
+"""Default of ``puf.eta-max``, the largest eta a run or a request may use: five times the
+paper's PUF-Regular eta (20). A larger eta can blow the model up (eta = 1e308 makes it
+Inf); the spine never applies a non-finite result, but a finite one far from the model
+is just as useless. Raise it in the run's configuration only."""
 
 
 @dataclass(frozen=True)
@@ -124,30 +129,45 @@ def puf_update(
         )
         target_weights = {cid: -eta * c.num_examples / total for cid, c in targets.items()}
         remaining_weights = {cid: c.num_examples / total for cid, c in remaining.items()}
-    remaining_total = sum(c.num_examples for c in remaining.values())
-
     updated: Arrays = {}
-    for name, value in global_arrays.items():
-        if not is_float_array(value):
-            updated[name] = value.copy()
-            continue
-        step = np.zeros(value.shape, dtype=np.float64)
-        if name in statistics:
-            # FedAvg of the remaining clients only; never negated.
-            for contribution in remaining.values():
-                weight = contribution.num_examples / remaining_total
-                step += weight * np.asarray(contribution.pseudo_gradient[name], np.float64)
-        else:
-            for weights, contributions in (
-                (target_weights, targets),
-                (remaining_weights, remaining),
-            ):
-                for cid, weight in weights.items():
-                    step += weight * np.asarray(
-                        contributions[cid].pseudo_gradient[name], np.float64
-                    )
-        updated[name] = (np.asarray(value, np.float64) + step).astype(value.dtype)
+    # A huge eta may overflow: the spine refuses a non-finite result, so no warning here
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, value in global_arrays.items():
+            updated[name] = _updated_array(
+                name, value, statistics, targets, remaining, target_weights, remaining_weights
+            )
     return updated
+
+
+def _updated_array(
+    name: str,
+    value: NDArray[np.generic],
+    statistics: set[str],
+    targets: Mapping[str, Contribution],
+    remaining: Mapping[str, Contribution],
+    target_weights: Mapping[str, float],
+    remaining_weights: Mapping[str, float],
+) -> NDArray[np.generic]:
+    """One array of :func:`puf_update`'s result."""
+    if not is_float_array(value):
+        return value.copy()
+    step = np.zeros(value.shape, dtype=np.float64)
+    if name in statistics:
+        # FedAvg of the remaining clients only; never negated.
+        remaining_total = sum(c.num_examples for c in remaining.values())
+        for contribution in remaining.values():
+            weight = contribution.num_examples / remaining_total
+            step += weight * np.asarray(contribution.pseudo_gradient[name], np.float64)
+    else:
+        for weights, contributions in (
+            (target_weights, targets),
+            (remaining_weights, remaining),
+        ):
+            for cid, weight in weights.items():
+                step += weight * np.asarray(
+                    contributions[cid].pseudo_gradient[name], np.float64
+                )
+    return (np.asarray(value, np.float64) + step).astype(value.dtype)
 
 
 def _check_arguments(
@@ -196,8 +216,11 @@ class _Puf(FederatedMethod):
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "eta-special": 2.0,
         "eta-regular": 20.0,
+        "eta-max": ETA_MAX,
         "source": "stored",
     }
+    # The bound on eta is the operator's: a request's options may not raise it.
+    run_only: ClassVar[frozenset[str]] = frozenset({"eta-max"})
     reference = "Mora et al., IEEE Trans. Big Data, arXiv 2504.05822"
     mode: ClassVar[str]
 
@@ -207,11 +230,19 @@ class _Puf(FederatedMethod):
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:
-        """Positive etas and a known pseudo-gradient source."""
-        for key in ("eta-special", "eta-regular"):
+        """Positive etas at most ``eta-max`` and a known pseudo-gradient source."""
+        for key in ("eta-max", "eta-special", "eta-regular"):
             value = settings[key]
             if not (isinstance(value, int | float) and value > 0 and np.isfinite(value)):
                 return f"puf.{key} must be a finite number > 0, got {value!r}"
+        bound = float(settings["eta-max"])
+        for key in ("eta-special", "eta-regular"):
+            if float(settings[key]) > bound:
+                return (
+                    f"puf.{key} = {settings[key]!r} is above puf.eta-max = {bound:g}: use a "
+                    f"smaller eta (the paper uses 2 for special, 20 for regular), or raise "
+                    f"puf.eta-max in the run's configuration"
+                )
         if settings["source"] not in PSEUDO_GRADIENT_SOURCES:
             return (
                 f"puf.source must be one of {', '.join(PSEUDO_GRADIENT_SOURCES)}, "
