@@ -52,6 +52,7 @@ def main() -> None:
         simulation = round_times(simulation_out / HISTORY_FILE)[1:]
         deployment_out = Path(work) / "deployment"
         with running(LocalDeployment.create(Path(work) / "deploy", args.clients)) as deployment:
+            deployment.prepare_data(keys)  # as `fedforget deploy app` does
             done = deployment.run_app(ROOT, f"{keys} progress=false out-dir='{deployment_out}'")
             done.check_returncode()
         deployed = round_times(deployment_out / HISTORY_FILE)[1:]

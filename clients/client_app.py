@@ -10,14 +10,16 @@ FedQUIT's distillation, ...) is the Flower action ``train.<method>``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import time
+from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from torch import nn
 
+from fedforget import timing
 from fedforget.config import FederationConfig
-from fedforget.methods import ClientStep, client_steps, method_class
+from fedforget.methods import method_class, method_names
 from fedforget.protocol import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -28,14 +30,12 @@ from fedforget.protocol import (
     ROUND_KEY,
     STEP_ARRAYS_PREFIX,
 )
-from fedforget.task import (
-    client_data,
-    client_seed,
-    evaluate_client,
-    new_model,
-    score_name,
-    train_client,
-)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch, the data and the task code load in the handlers that need them (fedforget.task):
+# a ClientApp process serves one message, and an identity query needs none of them.
 
 app = ClientApp()
 
@@ -57,9 +57,22 @@ def identity(context: Context) -> ConfigRecord:
 
 
 def task_config(message: Message) -> FederationConfig:
-    """The run configuration the server sent with this message."""
-    config = dict(message.content[CONFIG_KEY])
-    return FederationConfig.from_run_config(config, known_tables_only=True)
+    """The run configuration the server sent with this message.
+
+    Parsed once per distinct configuration in a process: a simulation's Ray
+    actor receives the same one in every round (only the round differs).
+    """
+    record = message.content[CONFIG_KEY]
+    items = tuple(sorted((k, v) for k, v in record.items() if k != ROUND_KEY))
+    try:
+        return _parse_config(items)
+    except TypeError:  # a list value cannot key the memo: parse it every time
+        return FederationConfig.from_run_config(dict(items), known_tables_only=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_config(items: tuple[tuple[str, object], ...]) -> FederationConfig:
+    return FederationConfig.from_run_config(dict(items), known_tables_only=True)
 
 
 def model_reply(
@@ -79,62 +92,120 @@ def model_reply(
 @app.query()
 def query(message: Message, context: Context) -> Message:
     """Answer the server's identity query."""
-    return Message(RecordDict({IDENTITY_RECORD: identity(context)}), reply_to=message)
+    with timing.phases("query", **about(message, context)):
+        return Message(RecordDict({IDENTITY_RECORD: identity(context)}), reply_to=message)
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Train the received global model on the local partition."""
-    config = task_config(message)
-    server_round = int(message.content[CONFIG_KEY][ROUND_KEY])
-    model = new_model(config)
-    model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
-    loss, num_examples = train_client(config, partition_id(context), model, server_round)
-    return model_reply(message, context, model, loss, num_examples)
+    with timing.phases("train", **about(message, context)) as mark:
+        from fedforget.data.datasets import load_federated_data
+        from fedforget.task import received_model, train_client
+
+        mark("imports")
+        config = task_config(message)
+        mark("config")
+        load_federated_data(config)
+        mark("data")
+        model = received_model(config, message.content[ARRAYS_KEY].to_torch_state_dict())
+        mark("arrays-in")
+        server_round = int(message.content[CONFIG_KEY][ROUND_KEY])
+        loss, num_examples = train_client(config, partition_id(context), model, server_round)
+        mark("train")
+        reply = model_reply(message, context, model, loss, num_examples)
+        mark("reply")
+        return reply
 
 
-def step_handler(name: str, step: ClientStep) -> Callable[[Message, Context], Message]:
-    """The ClientApp action ``train.<name>``: run a method's client step on the partition."""
+def train_step(name: str, message: Message, context: Context) -> Message:
+    """The ClientApp action ``train.<name>``: run a method's client step on the partition.
 
-    def handle(message: Message, context: Context) -> Message:
+    The method's module is imported when its action first arrives, so a
+    process that trains (or answers a query) never imports the others. The
+    step gets a freshly built model (a step may change it beyond its weights).
+    """
+    with timing.phases(f"train.{name}", **about(message, context)) as mark:
+        from fedforget.task import client_data, client_seed, new_model
+
+        method = method_class(name)
+        if method.client_step is None:
+            raise ValueError(
+                f"method {name!r} has no client step: the server sent the action "
+                f"'train.{name}' by mistake (its clients run the ordinary 'train')"
+            )
+        mark("imports")
         config = task_config(message)
         server_round = int(message.content[CONFIG_KEY][ROUND_KEY])
         pid = partition_id(context)
+        mark("config")
         model = new_model(config)
+        data = client_data(config, pid)
+        mark("data")
         model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
         extra = {
             key.removeprefix(STEP_ARRAYS_PREFIX): record.to_torch_state_dict()
             for key, record in message.content.array_records.items()
             if key.startswith(STEP_ARRAYS_PREFIX)
         }
-        data = client_data(config, pid)
-        settings = config.settings_of(method_class(name).table)
-        loss = step(model, data, settings, extra, client_seed(config, server_round, pid))
+        mark("arrays-in")
+        settings = config.settings_of(method.table)
+        seed = client_seed(config, server_round, pid)
+        loss = method.client_step(model, data, settings, extra, seed)
         model.to("cpu")
-        return model_reply(message, context, model, loss, len(data.y))
+        mark("train")
+        reply = model_reply(message, context, model, loss, len(data.y))
+        mark("reply")
+        return reply
 
-    handle.__name__ = f"train_{name.replace('-', '_')}"
-    return handle
 
-
-for _name, _step in client_steps().items():
-    app.train(_name)(step_handler(_name, _step))
+# Every method that could have a client step gets its action (Flower accepts identifiers
+# only, so a hyphenated name such as puf-special can have none); which methods really have
+# one is known once a method's module is imported, i.e. when its action arrives. The
+# handlers are partials of a module-level function, not closures: the simulation pickles
+# the ClientApp into every Ray call, and a closure is pickled by value (code and all).
+for _name in method_names():
+    if _name.isidentifier():
+        app.train(_name)(functools.partial(train_step, _name))
 
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the received global model on the local partition."""
-    config = task_config(message)
-    model = new_model(config)
-    model.load_state_dict(message.content[ARRAYS_KEY].to_torch_state_dict())
-    loss, score, num_examples = evaluate_client(config, partition_id(context), model)
-    score_key = "eval-acc" if score_name(config) == "accuracy" else "eval-dice"
-    content = RecordDict(
-        {
-            METRICS_KEY: MetricRecord(
-                {"eval-loss": loss, score_key: score, EXAMPLES_KEY: num_examples}
-            ),
-            IDENTITY_RECORD: identity(context),
-        }
-    )
-    return Message(content=content, reply_to=message)
+    with timing.phases("evaluate", **about(message, context)) as mark:
+        from fedforget.data.datasets import load_federated_data
+        from fedforget.task import evaluate_client, received_model, score_name
+
+        mark("imports")
+        config = task_config(message)
+        mark("config")
+        load_federated_data(config)
+        mark("data")
+        model = received_model(config, message.content[ARRAYS_KEY].to_torch_state_dict())
+        mark("arrays-in")
+        loss, score, num_examples = evaluate_client(config, partition_id(context), model)
+        mark("evaluate")
+        score_key = "eval-acc" if score_name(config) == "accuracy" else "eval-dice"
+        content = RecordDict(
+            {
+                METRICS_KEY: MetricRecord(
+                    {"eval-loss": loss, score_key: score, EXAMPLES_KEY: num_examples}
+                ),
+                IDENTITY_RECORD: identity(context),
+            }
+        )
+        return Message(content=content, reply_to=message)
+
+
+def about(message: Message, context: Context) -> dict[str, object]:
+    """What a timing record says about a message: node, partition, round, module import time."""
+    config = message.content.config_records.get(CONFIG_KEY)
+    return {
+        "partition": context.node_config.get(PARTITION_ID_KEY, ""),
+        "round": int(config[ROUND_KEY]) if config and ROUND_KEY in config else 0,
+        "module_imported": MODULE_IMPORTED,
+    }
+
+
+MODULE_IMPORTED = time.time()
+"""When this module finished importing (the timing log's end of the Flower runtime's start)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedforget.api.cli import add_unlearn_parser, command_unlearn
-from fedforget.config import ConfigError, FederationConfig
+from fedforget.config import FORGET_SCENARIOS, ConfigError, FederationConfig
 from fedforget.deploy_cli import add_deploy_parser, command_deploy
 
 DEFAULT_OUT = "runs/latest"
@@ -56,10 +56,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--methods",
-        help="comma-separated registry names (default: every registered method)",
+        help="comma-separated federated method names (default: every registered one)",
+    )
+    compare.add_argument(
+        "--centralised",
+        help="comma-separated centralised method names (default: every registered one; "
+        "'none' for none)",
+    )
+    compare.add_argument(
+        "--scenario",
+        choices=FORGET_SCENARIOS,
+        help="what to forget: the unlearn-clients' data (client, the default), a random "
+        "--forget-fraction of training examples, or the class --forget-class",
+    )
+    compare.add_argument("--forget-class", type=int, help="the class to forget (--scenario class)")
+    compare.add_argument(
+        "--forget-fraction",
+        type=float,
+        help="the share of training examples to forget (--scenario random, default 0.1)",
     )
     for sub in (run, compare):
         _add_run_options(sub)
+    experiment = commands.add_parser(
+        "experiment",
+        help="run an experiment file's cells (method x target set x seed); resumable",
+    )
+    experiment.add_argument(
+        "file", type=Path, help="experiment file, e.g. experiments/digits-each.toml"
+    )
+    experiment.add_argument("--out", type=Path, required=True, help="results folder")
+    experiment.add_argument("--num-cpus", type=int, help="CPUs for Ray (default: all)")
+    experiment.add_argument(
+        "--no-report", action="store_true", help="do not write the report after the cells"
+    )
+    report = commands.add_parser(
+        "report", help="write DIR/report.md, report.html and figures from an experiment's results"
+    )
+    report.add_argument("dir", type=Path, help="an experiment's --out folder")
+    from fedforget.analyses import ANALYSES, DEFAULT_OUT_ROOT
+
+    analyse = commands.add_parser(
+        "analyse",
+        help="run a stand-alone analysis (ascent-fails, dual-influence): a figure and a JSON",
+    )
+    analyse.add_argument("name", choices=tuple(ANALYSES), help="which analysis")
+    analyse.add_argument(
+        "--out", type=Path, help=f"output folder (default: {DEFAULT_OUT_ROOT}/NAME)"
+    )
+    analyse.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_unlearn_parser(commands)
     add_deploy_parser(commands)
     return parser
@@ -89,12 +133,22 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="stop recovery once test accuracy reaches the retrained model's "
         "(default), or run the whole num-server-rounds budget",
     )
-    parser.add_argument("--num-cpus", type=int, help="CPUs for Ray (default: all)")
+    parser.add_argument(
+        "--num-cpus",
+        type=int,
+        help="CPUs of the private Ray instance (default: all; not with --ray-address)",
+    )
     parser.add_argument(
         "--num-gpus",
         type=float,
         help="GPU share of each virtual client, e.g. 0.25 = four clients per GPU "
         "(default: 0.25 when a GPU is visible, else 0)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="attach to the Ray cluster whose head is at ADDRESS (host:port, as printed by "
+        "`ray start --head`) instead of starting a private Ray instance; default: $RAY_ADDRESS",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
 
@@ -105,37 +159,94 @@ def _config(args: argparse.Namespace) -> FederationConfig:
         overrides["dataset"] = args.dataset
     if args.data_dir:
         overrides["data-dir"] = args.data_dir
+    for option in ("scenario", "forget_class", "forget_fraction"):
+        value = getattr(args, option, None)
+        if value is not None:
+            key = "forget-scenario" if option == "scenario" else option.replace("_", "-")
+            overrides[key] = value
     return FederationConfig.from_run_config(overrides)
 
 
 def command_run(args: argparse.Namespace) -> int:
     """``fedforget run`` and ``fedforget compare``."""
-    from fedforget.comparison import resolve_methods, run_comparison, run_main_job
+    from fedforget.comparison import (
+        resolve_centralised,
+        resolve_methods,
+        run_comparison,
+        run_main_job,
+    )
     from fedforget.results import format_table
 
     config = _config(args)
+    if args.ray_address:
+        from fedforget.simulation import select_ray_cluster
+
+        select_ray_cluster(args.ray_address)
     out_dir = Path(args.out)
+    centralised: list[str] = []
     if args.command == "compare":
         methods = resolve_methods(args.methods.split(",") if args.methods else None)
-        what = f"compare {', '.join(methods)}"
+        centralised = resolve_centralised(
+            None
+            if args.centralised is None
+            else [n.strip() for n in args.centralised.split(",") if n.strip() not in ("", "none")]
+        )
+        what = f"compare {', '.join([*methods, *centralised])}"
     else:
         methods = [config.method]
         what = config.method
+    forgets = (
+        f"client(s) {', '.join(config.targets)}"
+        if config.forget_scenario == "client"
+        else f"class {config.forget_class}"
+        if config.forget_scenario == "class"
+        else f"a random {config.forget_fraction:g} of the training examples"
+    )
     print(
-        f"fedforget: {config.dataset}, {config.num_partitions} clients, forget client(s) "
-        f"{', '.join(config.targets)} after round {config.unlearn_at_round} ({what}); "
-        f"output in {out_dir}",
+        f"fedforget: {config.dataset}, {config.num_partitions} clients, forget {forgets} after "
+        f"round {config.unlearn_at_round} ({what}); output in {out_dir}",
         flush=True,
     )
     options = (args.recovery_stop, args.num_cpus, args.num_gpus)
     results = (
-        run_comparison(config, out_dir, methods, *options)
+        run_comparison(config, out_dir, methods, *options, centralised=centralised)
         if args.command == "compare"
         else run_main_job(config, out_dir, *options)
     )
     print()
     print(format_table(results))
     print(f"\nresults: {out_dir / 'results.json'} ({results['timing']['total_s']:.0f} s)")
+    return 0
+
+
+def command_experiment(args: argparse.Namespace) -> int:
+    """``fedforget experiment FILE --out DIR``: the missing cells, the results, the report."""
+    from fedforget.experiment.report import write_report
+    from fedforget.experiment.runner import run_experiment
+
+    computed = run_experiment(
+        args.file, args.out, args.num_cpus, after=None if args.no_report else write_report
+    )
+    print(f"experiment: {len(computed)} cell(s) computed; results in {args.out}")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    """``fedforget report DIR``."""
+    from fedforget.experiment.report import write_report
+
+    for path in write_report(args.dir):
+        print(path)
+    return 0
+
+
+def command_analyse(args: argparse.Namespace) -> int:
+    """``fedforget analyse NAME [--out DIR] [--seed N]``: write NAME.png and NAME.json."""
+    from fedforget.analyses import run_analysis
+
+    png, json_path, summary = run_analysis(args.name, args.out, args.seed)
+    print(summary)
+    print(f"{args.name}: {png} and {json_path}")
     return 0
 
 
@@ -149,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "compare"):
             return command_run(args)
+        if args.command == "experiment":
+            return command_experiment(args)
+        if args.command == "report":
+            return command_report(args)
+        if args.command == "analyse":
+            return command_analyse(args)
         if args.command == "unlearn":
             return command_unlearn(args)
         if args.command == "deploy":

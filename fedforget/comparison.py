@@ -12,7 +12,16 @@
    the request for the targets arrives after round ``unlearn-at-round``, the
    method's step runs, and the remaining clients recover until the test score
    reaches the reference's (the paper's rule; ``num-server-rounds`` caps it)
-   or for the whole budget.
+   or for the whole budget;
+4. after the simulation, each **centralised** method
+   (:mod:`fedforget.methods.centralised`) unlearns the same forget set from the
+   original model, seeing the forget and retain examples directly.
+
+The forget set is a scenario (:mod:`fedforget.scenarios`): the targets' data
+(``client``, where federated and centralised methods meet), a random fraction
+of examples or a whole class. Federated methods forget whole clients; in the
+other scenarios they are listed as refused, and the retrained reference is the
+federation trained without the forget set.
 
 ``fedforget run`` (the main job) is the same comparison for the run's
 ``method`` alone, as one continuous federation (so the live API can serve it
@@ -37,10 +46,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from fedforget.arrays import Arrays
 from fedforget.config import ConfigError, FederationConfig
 from fedforget.data import load_federated_data
+from fedforget.data.augment import get_augmentation
+from fedforget.federated.clients import ClientDirectory
 from fedforget.federated.federation import (
     RunRecord,
     build_methods,
@@ -50,14 +63,16 @@ from fedforget.federated.federation import (
     run_rounds,
 )
 from fedforget.federated.records import RoundRecord
-from fedforget.methods import method_class, method_names
+from fedforget.methods import FederatedMethod, method_class, method_names
+from fedforget.methods.centralised import UnlearningData, centralised_class, centralised_names
 from fedforget.metrics import (
     SegmentationUnlearningMetrics,
     UnlearningMetrics,
-    evaluate_unlearning,
+    evaluate_forget_set,
 )
 from fedforget.requests import InMemoryRequestQueue
 from fedforget.results import REFERENCE, write_results
+from fedforget.scenarios import ForgetSet, forget_set
 from fedforget.task import model_arrays, model_with, new_model
 from fedforget.training import resolve_device
 
@@ -127,11 +142,17 @@ class Comparison:
 
 # ------------------------------------------------------------------ configs
 def reference_config(config: FederationConfig) -> FederationConfig:
-    """The retrained reference: no targets from round 1, ``unlearn-at-round`` rounds."""
+    """The retrained reference: no forget set from round 1, ``unlearn-at-round`` rounds.
+
+    In the ``client`` scenario the targets are excluded; in the others every
+    client trains without its share of the forget set (``drop-forget-set``).
+    """
+    clients = config.forget_scenario == "client"
     return config.replace(
         num_server_rounds=config.unlearn_at_round,
         unlearn_at_round=0,
-        exclude_clients=",".join((*config.excluded, *config.targets)),
+        drop_forget_set=not clients,
+        exclude_clients=",".join((*config.excluded, *(config.targets if clients else ()))),
         recovery_target_acc=0.0,
         out_dir="",
         api_enabled=False,
@@ -141,7 +162,8 @@ def reference_config(config: FederationConfig) -> FederationConfig:
 
 def original_config(config: FederationConfig, methods: Sequence[str]) -> FederationConfig:
     """The original federation; every compared method that keeps history observes it."""
-    keeping = [m for m in methods if method_class(m).needs.history]
+    serving = methods if config.forget_scenario == "client" else ()
+    keeping = [m for m in serving if method_class(m).needs.history]
     return config.replace(
         num_server_rounds=config.unlearn_at_round,
         unlearn_at_round=0,
@@ -229,6 +251,74 @@ def train_phase(grid: Any, config: FederationConfig, label: str) -> PhaseRecord:
     return PhaseRecord(final, strategy.rounds, history, wall_s)
 
 
+@dataclass
+class Original:
+    """The original federation: its model and rounds, and the methods that observed it."""
+
+    phase: PhaseRecord
+    methods: dict[str, FederatedMethod]
+    directory: ClientDirectory
+
+
+def train_original(grid: Any, config: FederationConfig, methods: Sequence[str]) -> Original:
+    """Train the original federation; the methods of ``methods`` that keep history observe it."""
+    before = original_config(config, methods)
+    instances = build_methods(before)
+    strategy = build_strategy(before, InMemoryRequestQueue(), instances)
+    arrays, history, wall_s = run_rounds(
+        grid, before, strategy, model_arrays(new_model(config)), label="[original] "
+    )
+    return Original(
+        PhaseRecord(arrays, strategy.rounds, history, wall_s), instances, strategy.directory
+    )
+
+
+def fork(method: FederatedMethod) -> FederatedMethod:
+    """A new instance of ``method`` in the same state (its checkpoint state), sharing nothing."""
+    clone = type(method)(method.context)
+    clone.load_state_dict(method.state_dict())
+    return clone
+
+
+def run_cell(
+    grid: Any, config: FederationConfig, name: str, original: Original, target_score: float
+) -> Cell:
+    """``name``'s request after ``unlearn-at-round``, from copies of the original's state.
+
+    The method's state and the client directory are copied, so one original
+    serves any number of cells.
+    """
+    if config.forget_scenario != "client":
+        reason = (
+            f"{name} forgets whole clients (the client scenario), not "
+            f"{_forget_set(config).description}"
+        )
+        return Cell(name, reason=reason)
+    cell = cell_config(config, name, target_score)
+    strategy = build_strategy(
+        cell,
+        InMemoryRequestQueue(),
+        {name: fork(original.methods[name])},
+        copy.deepcopy(original.directory),
+    )
+    final, history, wall_s = run_rounds(
+        grid,
+        cell,
+        strategy,
+        original.phase.arrays,
+        first_round=config.unlearn_at_round + 1,
+        label=f"[{name}] ",
+    )
+    record = run_record(cell, strategy, final, history, wall_s)
+    reason = "" if record.events else _refusal(record)
+    return Cell(name, record if not reason else None, reason)
+
+
+def recovery_target(config: FederationConfig, reference: PhaseRecord, recovery_stop: str) -> float:
+    """The test score recovery stops at: the reference's (``retrain-acc``), or none (0)."""
+    return _evaluate(config, reference.arrays).test_score if recovery_stop == "retrain-acc" else 0.0
+
+
 def compare_on_grid(
     grid: Any,
     config: FederationConfig,
@@ -242,45 +332,19 @@ def compare_on_grid(
     cached = reference is not None
     if reference is None:
         reference = train_phase(grid, reference_config(config), "[reference] ")
-    reference_score = _evaluate(config, reference.arrays).test_score
-
-    before = original_config(config, methods)
-    instances = build_methods(before)
-    original_strategy = build_strategy(before, InMemoryRequestQueue(), instances)
-    original, history, wall_s = run_rounds(
-        grid, before, original_strategy, model_arrays(new_model(config)), label="[original] "
-    )
-    comparison = Comparison(
-        reference,
-        PhaseRecord(original, original_strategy.rounds, history, wall_s),
-        reference_cached=cached,
-    )
-    target = reference_score if recovery_stop == "retrain-acc" else 0.0
+    target = recovery_target(config, reference, recovery_stop)
+    original = train_original(grid, config, methods)
+    comparison = Comparison(reference, original.phase, reference_cached=cached)
     for number, name in enumerate(methods, start=1):
-        cell = cell_config(config, name, target)
-        strategy = build_strategy(
-            cell,
-            InMemoryRequestQueue(),
-            {name: instances[name]},
-            copy.deepcopy(original_strategy.directory),
-        )
-        final, history, wall_s = run_rounds(
-            grid,
-            cell,
-            strategy,
-            original,
-            first_round=config.unlearn_at_round + 1,
-            label=f"[{name}] ",
-        )
-        record = run_record(cell, strategy, final, history, wall_s)
-        reason = "" if record.events else _refusal(record)
-        comparison.cells.append(Cell(name, record if not reason else None, reason))
+        cell = run_cell(grid, config, name, original, target)
+        comparison.cells.append(cell)
         if progress:
             elapsed = time.monotonic() - started
             left = elapsed / number * (len(methods) - number)
             print(
                 f"compare: {number}/{len(methods)} methods done ({name}: "
-                f"{'refused' if reason else 'applied'}), {elapsed:.0f} s, about {left:.0f} s left",
+                f"{'refused' if cell.reason else 'applied'}), {elapsed:.0f} s, about "
+                f"{left:.0f} s left",
                 flush=True,
             )
     return comparison
@@ -291,30 +355,121 @@ def _refusal(record: RunRecord) -> str:
     return reasons[0] if reasons else "the request was not applied within num-server-rounds"
 
 
+def _forget_set(config: FederationConfig) -> ForgetSet:
+    return forget_set(config, load_federated_data(config))
+
+
 def _evaluate(
-    config: FederationConfig, arrays: Arrays
+    config: FederationConfig, model: Arrays | nn.Module
 ) -> UnlearningMetrics | SegmentationUnlearningMetrics:
-    """A model's unlearning metrics for the config's targets (test-time inputs)."""
-    return evaluate_unlearning(
-        model_with(config, arrays),
-        load_federated_data(config),
-        config.targets,
-        config.excluded,
+    """A model's unlearning metrics on the config's forget set (test-time inputs)."""
+    if not isinstance(model, nn.Module):
+        model = model_with(config, model)
+    return evaluate_forget_set(
+        model,
+        load_federated_data(config).data,
+        _forget_set(config),
         resolve_device(config.device),
     )
 
 
+# ------------------------------------------------------------ centralised
+def unlearning_data(config: FederationConfig) -> UnlearningData:
+    """What a centralised method sees: the forget and retain examples of the scenario."""
+    federated = load_federated_data(config)
+    data = federated.data
+    forget = _forget_set(config)
+    forget_index = torch.from_numpy(forget.forget_index)
+    retain_index = torch.from_numpy(forget.retain_index)
+    return UnlearningData(
+        forget_x=data.train_x[forget_index],
+        forget_y=data.train_y[forget_index],
+        retain_x=data.train_x[retain_index],
+        retain_y=data.train_y[retain_index],
+        task=data.task,
+        num_classes=data.num_classes,
+        scenario=forget.scenario,
+        forget_class=forget.forget_class,
+        new_model=lambda: new_model(config, federated),
+        augmentation=get_augmentation(data.augmentation) if config.augment else None,
+        seed=config.seed,
+        device=str(resolve_device(config.device)),
+    )
+
+
+def centralised_cell(
+    config: FederationConfig, original: Arrays, name: str, data: UnlearningData
+) -> tuple[dict[str, Any], nn.Module | None]:
+    """One centralised method unlearning ``data``'s forget set from ``original``: row, model.
+
+    The model is None when the method refuses the scenario (the row says why).
+    """
+    cls = centralised_class(name)
+    reason = cls.refusal(data.scenario, data.task)
+    if reason:
+        return refused_row(config, name, reason, kind="centralised"), None
+    settings = cls.settings(config.settings_of(cls.table))
+    started = time.monotonic()
+    outcome = cls().unlearn(model_with(config, original), data, settings)
+    cost = {
+        "forget_epochs": round(outcome.forget_epochs, 3),
+        "retain_epochs": round(outcome.retain_epochs, 3),
+        "wall_s": round(time.monotonic() - started, 2),
+    }
+    return model_row(config, name, outcome.model, cost, kind="centralised"), outcome.model
+
+
+def centralised_rows(
+    config: FederationConfig, original: Arrays, names: Sequence[str], progress: bool = True
+) -> list[dict[str, Any]]:
+    """One row per centralised method: unlearned from ``original`` on the scenario's forget set."""
+    data = unlearning_data(config)
+    rows = []
+    for number, name in enumerate(names, start=1):
+        row, _ = centralised_cell(config, original, name, data)
+        rows.append(row)
+        if progress:
+            print(
+                f"compare: centralised {number}/{len(names)} ({name}: "
+                f"{'refused' if row['status'] != 'ok' else 'applied'})",
+                flush=True,
+            )
+    return rows
+
+
 # ---------------------------------------------------------------- results
-def model_row(
-    config: FederationConfig, name: str, arrays: Arrays, cost: dict[str, Any]
+def refused_row(
+    config: FederationConfig, name: str, reason: str, kind: str = "federated"
 ) -> dict[str, Any]:
-    """One row: a model's unlearning metrics and the cost of getting it."""
-    metrics = _evaluate(config, arrays)
+    """The row of a method that could not serve the request, with the reason."""
     return {
         "method": name,
-        "kind": "federated",
+        "kind": kind,
+        "status": "refused",
+        "reason": reason,
+        "scenario": config.forget_scenario,
+        "targets": list(_forget_set(config).targets),
+        "seed": config.seed,
+    }
+
+
+def model_row(
+    config: FederationConfig,
+    name: str,
+    model: Arrays | nn.Module,
+    cost: dict[str, Any],
+    kind: str = "federated",
+) -> dict[str, Any]:
+    """One row: a model's unlearning metrics and the cost of getting it."""
+    metrics = _evaluate(config, model)
+    forget = _forget_set(config)
+    return {
+        "method": name,
+        "kind": kind,
         "status": "ok",
-        "targets": list(config.targets),
+        "scenario": forget.scenario,
+        "forget_size": len(forget.forget_index),
+        "targets": list(forget.targets),
         "seed": config.seed,
         **metrics.as_dict(),
         "recovery_rounds": None,
@@ -331,14 +486,7 @@ def test_score(row: dict[str, Any]) -> float:
 def cell_row(config: FederationConfig, cell: Cell, reference_score: float) -> dict[str, Any]:
     """The row of one method: metrics after recovery, recovery rounds, costs (or the refusal)."""
     if cell.record is None:
-        return {
-            "method": cell.method,
-            "kind": "federated",
-            "status": "refused",
-            "reason": cell.reason,
-            "targets": list(config.targets),
-            "seed": config.seed,
-        }
+        return refused_row(config, cell.method, cell.reason)
     return method_run_row(config, cell.method, cell.record, reference_score)
 
 
@@ -395,12 +543,30 @@ def resolve_methods(names: Sequence[str] | None) -> list[str]:
     return [m for m in dict.fromkeys(chosen) if m != REFERENCE]
 
 
+def resolve_centralised(names: Sequence[str] | None) -> list[str]:
+    """The centralised methods to compare (default: every registered one; ``[]`` for none)."""
+    chosen = list(dict.fromkeys(names)) if names is not None else centralised_names()
+    unknown = [m for m in chosen if m not in centralised_names()]
+    if unknown:
+        raise ConfigError(
+            f"unknown centralised method(s) {', '.join(unknown)}; registered centralised "
+            f"methods are {', '.join(centralised_names())}"
+        )
+    return chosen
+
+
 def _check(config: FederationConfig, recovery_stop: str) -> None:
     if recovery_stop not in RECOVERY_STOPS:
         raise ConfigError(f"recovery-stop must be one of {', '.join(RECOVERY_STOPS)}")
-    if not config.targets:
-        raise ConfigError("a comparison forgets clients: set unlearn-at-round and unlearn-clients")
-    load_federated_data(config)  # fail on missing data before any training
+    if not config.unlearn_at_round or (config.forget_scenario == "client" and not config.targets):
+        raise ConfigError(
+            "a comparison forgets after round unlearn-at-round: set unlearn-at-round (and "
+            "unlearn-clients for the client scenario)"
+        )
+    try:
+        _forget_set(config)  # fail on missing data or an empty forget set before any training
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def run_comparison(
@@ -410,12 +576,18 @@ def run_comparison(
     recovery_stop: str = "retrain-acc",
     num_cpus: int | None = None,
     num_gpus: float | None = None,
+    centralised: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """``fedforget compare``: every method on the same original model; write and return results."""
+    """``fedforget compare``: every method on the same original model; write and return results.
+
+    ``methods`` are federated methods (default: all), ``centralised`` the
+    centralised ones (default: all; an empty list for none).
+    """
     from fedforget.simulation import simulate_app
 
     _check(config, recovery_stop)
     names = resolve_methods(methods)
+    central = resolve_centralised(centralised)
     started = time.monotonic()
     cached = load_reference(config)
     comparison = simulate_app(
@@ -439,7 +611,10 @@ def run_comparison(
     results = {
         "config": {**config.to_run_config(), "recovery-stop": recovery_stop},
         "targets": list(config.targets),
-        "rows": comparison_rows(config, comparison),
+        "rows": [
+            *comparison_rows(config, comparison),
+            *centralised_rows(config, comparison.original.arrays, central, config.progress),
+        ],
         "history": history,
         "timing": {
             "reference_cached": comparison.reference_cached,
@@ -465,6 +640,12 @@ def run_main_job(
     from fedforget.simulation import simulate, simulate_app
 
     _check(config, recovery_stop)
+    if config.forget_scenario != "client":
+        raise ConfigError(
+            f"fedforget run forgets clients with {config.method}; forget-scenario="
+            f"{config.forget_scenario!r} is compared by `fedforget compare --scenario "
+            f"{config.forget_scenario}`"
+        )
     started = time.monotonic()
     reference = load_reference(config)
     cached = reference is not None

@@ -30,8 +30,13 @@ DATASETS = (
     "prostate-synthetic",
 )
 PARTITIONERS = ("dirichlet", "iid", "file", "natural")
+FORGET_SCENARIOS = ("client", "random", "class")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
+STORE_KINDS = ("memory", "disk")
+"""Where PUF keeps pseudo-gradients (``store``): in memory (and the checkpoint), or on disk."""
+STORE_DTYPES = ("float32", "float16")
+"""Dtype of stored pseudo-gradients (``store-dtype``)."""
 
 
 ConfigValue = int | float | str | bool
@@ -84,6 +89,10 @@ class FederationConfig:
     unlearn_at_round: int = 40
     unlearn_clients: str = "0"
     recovery_target_acc: float = 0.0
+    forget_scenario: str = "client"
+    forget_class: int = 0
+    forget_fraction: float = 0.1
+    drop_forget_set: bool = False
     # --- output -------------------------------------------------------------
     out_dir: str = ""
     progress: bool = True
@@ -94,6 +103,9 @@ class FederationConfig:
     api_token_file: str = ""
     api_token_env: str = "FEDFORGET_API_TOKEN"
     state_dir: str = ""
+    # --- server state (fedforget.state): PUF's pseudo-gradient store --------
+    store: str = "memory"
+    store_dtype: str = "float32"
     # --- workloads (CIFAR, ProstateMRI; docs/puf-reference) -----------------
     optimizer: str = "sgd"
     weight_decay: float = 0.0
@@ -196,6 +208,14 @@ class FederationConfig:
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("partitioner", self.partitioner, PARTITIONERS)
         self._validate_methods()
+        _one_of("forget-scenario", self.forget_scenario, FORGET_SCENARIOS)
+        if not 0.0 < self.forget_fraction < 1.0:
+            raise ConfigError(
+                f"forget-fraction must be in (0, 1), the share of training examples to "
+                f"forget, got {self.forget_fraction}"
+            )
+        if self.forget_class < 0:
+            raise ConfigError(f"forget-class must be a class label >= 0, got {self.forget_class}")
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(
@@ -272,6 +292,7 @@ class FederationConfig:
         if remaining < 1:
             raise ConfigError("unlearn-clients and exclude-clients leave no client to recover with")
         self._validate_api()
+        self._validate_store()
 
     def _validate_methods(self) -> None:
         """Check ``method``, ``methods`` and every method table's settings."""
@@ -284,11 +305,26 @@ class FederationConfig:
                         f"{key} names unknown unlearning method {name!r}; registered methods "
                         f"are {', '.join(method_names())}"
                     )
-        for name in method_names():
-            cls = method_class(name)
+        from fedforget.methods.centralised import centralised_class, centralised_names
+
+        classes = [
+            *(method_class(name) for name in method_names()),
+            *(centralised_class(name) for name in centralised_names()),
+        ]
+        for cls in classes:
             problem = cls.check_settings(self.settings_of(cls.table)) if cls.defaults else ""
             if problem:
                 raise ConfigError(problem)
+
+    def _validate_store(self) -> None:
+        """Check ``store`` and ``store-dtype`` (see :mod:`fedforget.state`)."""
+        _one_of("store", self.store, STORE_KINDS)
+        _one_of("store-dtype", self.store_dtype, STORE_DTYPES)
+        if self.store == "disk" and not self.state_dir:
+            raise ConfigError(
+                'store="disk" needs state-dir: name the folder that keeps the pseudo-gradient '
+                'files (state-dir/pseudo-gradients), e.g. state-dir="/var/lib/fedforget"'
+            )
 
     def _validate_api(self) -> None:
         """Check the keys of the live unlearning API (see :mod:`fedforget.api`)."""

@@ -12,6 +12,25 @@ keeps them identical and checks every flag against the installed Flower CLI):
 * The app: ``flwr run <app> local-deployment --stream`` with ``FLWR_HOME`` in
   the run directory (never the user's ``~/.flwr``).
 
+Latency settings (Flower's own knobs; what each costs is said where it is set):
+
+* every SuperExec (the process that starts ServerApp / ClientApp processes)
+  asks for new work every :data:`TASK_POLL_INTERVAL_S` instead of Flower's
+  default 1 s (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``);
+* each SuperNode's ClientApps train with ``cores // SuperNodes`` threads
+  (``OMP_NUM_THREADS``), as the simulation gives each client one CPU: three
+  ClientApps with one thread per core each would fight over the cores.
+
+Flower 1.42 has no setting for: the SuperNode's 3 s wait between polls of the
+SuperLink when it has no message (a SuperNode that has just replied looks for
+the next round's message 3 s later, so a deployed round lasts at least 3 s
+plus the ClientApp process's life); its 0.5 s checks for the ClientApp's
+reply; its heartbeat (30 s; off the round's path, it only decides how soon a
+dead SuperNode is noticed); and the ServerApp's grid, which pulls replies every
+3 s (fedforget's ServerApp pulls every 0.2 s through the grid's public calls,
+:mod:`fedforget.grid`) and backs off 1 s when a reply's arrays are still being
+uploaded. ``benchmarks/deploy_breakdown.py`` measures each of these waits.
+
 Everything a deployment writes lives in its run directory: ``logs/`` (one log
 per process), ``flwr-home/`` (the connection), ``state/`` (SuperLink
 database), ``pids.json`` (what ``down`` stops: exactly the processes ``up``
@@ -35,6 +54,15 @@ from pathlib import Path
 CONNECTION = "local-deployment"
 PIDS_FILE = "pids.json"
 STARTUP_TIMEOUT_S = 60.0
+TASK_POLL_INTERVAL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+TASK_POLL_INTERVAL_S = 0.2
+"""Seconds between a SuperExec's requests for new work (Flower's default: 1 s).
+
+A message waits for the next poll before its ClientApp process starts: on
+average half the interval, 0.1 s here instead of 0.5 s. The price is five
+small loopback requests per second from each idle SuperExec to its SuperNode
+(or SuperLink), a few milliseconds of CPU per second.
+"""
 
 
 @dataclass(frozen=True)
@@ -175,7 +203,7 @@ class LocalDeployment:
         for folder in (self.run_dir / "logs", Path(self.layout.state_dir), self.flwr_home):
             folder.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(self.layout.connection_toml())
-        self._start("superlink", self.layout.superlink_command())
+        self._start("superlink", self.layout.superlink_command(), self.tuning())
         wait_for_port(self.layout.superlink_host, self.layout.superlink_port)
         for partition_id in range(self.layout.num_supernodes):
             self.start_supernode(partition_id)
@@ -185,7 +213,7 @@ class LocalDeployment:
         name = f"supernode-{partition_id}"
         if self._alive(name):
             self._signal(name, signal.SIGKILL)
-        self._start(name, self.layout.supernode_command(partition_id))
+        self._start(name, self.layout.supernode_command(partition_id), self.tuning(supernode=True))
 
     def kill_supernode(self, partition_id: int) -> None:
         """Kill SuperNode ``partition_id`` at once (SIGKILL), as a crash would."""
@@ -252,15 +280,45 @@ class LocalDeployment:
             **(extra or {}),
         }
 
+    def tuning(self, supernode: bool = False) -> dict[str, str]:
+        """Latency settings of a SuperLink's or SuperNode's environment (see the module doc).
+
+        Values already in this process's environment win, so a user can
+        override each of them.
+        """
+        settings = {TASK_POLL_INTERVAL_ENV: str(TASK_POLL_INTERVAL_S)}
+        if supernode:
+            cores = os.cpu_count() or 1
+            settings["OMP_NUM_THREADS"] = str(max(1, cores // self.layout.num_supernodes))
+        return {key: value for key, value in settings.items() if key not in os.environ}
+
+    def prepare_data(self, run_config: str = "", timeout: float | None = None) -> None:
+        """Build the run's data split and partitions into the cache the ClientApps read.
+
+        Round 1's ClientApps would otherwise build them, each SuperNode at the
+        same time (:mod:`fedforget.data.cache`). Runs in a subprocess with the
+        deployment's environment (so the same ``FEDFORGET_CACHE``).
+        """
+        command = [sys.executable, "-m", "fedforget.data.prepare"]
+        if run_config:
+            command += ["--run-config", run_config]
+        done = subprocess.run(
+            command, env=self.environment(), timeout=timeout, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"preparing the data for run config {run_config!r} failed:\n{done.stderr[-3000:]}"
+            )
+
     # -------------------------------------------------------------- helpers
-    def _start(self, name: str, command: Sequence[str]) -> None:
+    def _start(self, name: str, command: Sequence[str], extra_env: dict[str, str]) -> None:
         executable = Path(sys.executable).with_name(command[0])
         log = (self.run_dir / "logs" / f"{name}.log").open("a")
         process = subprocess.Popen(
             [str(executable), *command[1:]],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.environment(),
+            env=self.environment(extra_env),
             cwd=self.run_dir,
             start_new_session=True,  # a Ctrl-C in the terminal does not reach it
         )

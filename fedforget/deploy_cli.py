@@ -65,6 +65,8 @@ def command_deploy(args: argparse.Namespace) -> int:
         deployment.down()
         print(f"stopped the deployment in {deployment.run_dir}")
         return 0
+    # the data split and partitions are built once here, not by round 1's ClientApps
+    deployment.prepare_data(args.run_config)
     done = deployment.run_app(args.app.resolve(), args.run_config)
     print(done.stdout, end="")
     print(done.stderr, end="")

@@ -1,6 +1,8 @@
 """Model registry: configurations name models, ``build_model`` makes them.
 
 * ``cnn``: a small CNN for the digits default.
+* ``mlp``: one hidden layer of 32 units (Fashion-MNIST: 25k parameters, 100 KB),
+  for measuring the federation itself at thousands of clients.
 * ``resnet18`` / ``resnet18-bn``: ResNet-18 with the CIFAR stem (3x3 conv,
   stride 1, no max-pool), BasicBlocks [2, 2, 2, 2], no conv bias, FC weights
   N(0, 0.01), normalised with GroupNorm(2 groups) as in the PUF paper, or with
@@ -51,6 +53,25 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of a batch ``(N, C, H, W)``."""
         return self.classifier(self.features(x))
+
+
+class TinyMLP(nn.Sequential):
+    """Flatten, one hidden layer of ``hidden`` ReLU units, class logits.
+
+    Small enough that a client's update is ~100 KB on 28x28 images, so that a
+    benchmark of thousands of clients measures the federation, not the model.
+    """
+
+    def __init__(
+        self, input_shape: tuple[int, int, int], num_classes: int, hidden: int = 32
+    ) -> None:
+        channels, height, width = input_shape
+        super().__init__(
+            nn.Flatten(),
+            nn.Linear(channels * height * width, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
 
 
 def resnet18(
@@ -125,6 +146,7 @@ def _unet(features: tuple[int, ...]) -> ModelFactory:
 
 MODELS: dict[str, ModelFactory] = {
     "cnn": SmallCNN,
+    "mlp": TinyMLP,
     "resnet18": resnet18,
     "resnet18-bn": resnet18_batchnorm,
     "vit": small_vit,

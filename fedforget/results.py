@@ -1,12 +1,14 @@
 """The one results schema: ``results.json`` rows, ``methods.csv``, ``history.csv``, the table.
 
 A result is ``{"config", "targets", "rows": [...], "history": [...], "timing"}``.
-Each row is one model: ``method``, ``kind`` ("federated"), ``status`` ("ok"
-or "refused" with a ``reason``), ``targets``, ``seed``, the unlearning
-metrics (fractions), ``recovery_rounds``, ``recovered`` and ``cost``
-(``rounds``, ``client_epochs``, ``bytes_up``, ``bytes_down``,
-``server_storage_bytes``, ``wall_s``). Gaps to the ``retrain`` row are
-derived when the table and the CSV are written, never stored twice.
+Each row is one model: ``method``, ``kind`` ("federated" or "centralised"),
+``status`` ("ok" or "refused" with a ``reason``), ``scenario``,
+``forget_size``, ``targets``, ``seed``, the unlearning metrics (fractions),
+``recovery_rounds``, ``recovered`` and ``cost`` (federated: ``rounds``,
+``client_epochs``, ``bytes_up``, ``bytes_down``, ``server_storage_bytes``,
+``wall_s``; centralised: ``forget_epochs``, ``retain_epochs``, ``wall_s``).
+Gaps to the federated ``retrain`` row (the reference) are derived when the
+table and the CSV are written, never stored twice.
 """
 
 from __future__ import annotations
@@ -28,13 +30,19 @@ COST_COLUMNS = (
     "bytes_up",
     "bytes_down",
     "server_storage_bytes",
+    "forget_epochs",
+    "retain_epochs",
     "wall_s",
 )
 
 
 def reference_row(results: dict[str, Any]) -> dict[str, Any]:
-    """The ``retrain`` row of a result."""
-    return next(row for row in results["rows"] if row["method"] == REFERENCE)
+    """The reference row of a result: the federated ``retrain``."""
+    return next(
+        row
+        for row in results["rows"]
+        if row["method"] == REFERENCE and row.get("kind", "federated") == "federated"
+    )
 
 
 def gaps(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
@@ -53,7 +61,9 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
         writer.writerow(
             [
                 "method",
+                "kind",
                 "status",
+                "forget_size",
                 *names,
                 "recovery_rounds",
                 "recovered",
@@ -68,7 +78,9 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
             writer.writerow(
                 [
                     row["method"],
+                    row.get("kind", "federated"),
                     row["status"],
+                    row.get("forget_size", ""),
                     *(f"{row[m]:.6f}" if ok else "" for m in names),
                     row.get("recovery_rounds") if row.get("recovery_rounds") is not None else "",
                     row.get("recovered") if row.get("recovered") is not None else "",
@@ -105,42 +117,61 @@ def _size(count: float) -> str:
     return f"{count:.1f} GB"
 
 
+def _row_line(row: dict[str, Any], reference: dict[str, Any], names: tuple[str, ...]) -> str:
+    """One table line: metrics with gaps, then the row's costs."""
+    if row["status"] != "ok":
+        return f"{row['method']:<14}refused: {row['reason']}"
+    row_gaps = gaps(row, reference)
+    cells = "".join(
+        f"{row[m]:>11.3f}{'':>10}"
+        if row is reference
+        else f"{row[m]:>11.3f} (gap {row_gaps[m]:.3f})"
+        for m in names
+    )
+    cost = row["cost"]
+    if row.get("kind", "federated") == "centralised":
+        epochs = f"{cost['forget_epochs']:g}+{cost['retain_epochs']:g}"
+        return f"{row['method']:<14}{cells}{'-':>7}{epochs:>12}{'-':>10}{'-':>10}{'-':>10}" + (
+            f"{cost['wall_s']:>7.0f}s"
+        )
+    rounds = row["recovery_rounds"] if row["recovery_rounds"] is not None else cost["rounds"]
+    return (
+        f"{row['method']:<14}{cells}{rounds:>7}{cost['client_epochs']:>12.0f}"
+        f"{_size(cost['bytes_up']):>10}{_size(cost['bytes_down']):>10}"
+        f"{_size(cost['server_storage_bytes']):>10}{cost['wall_s']:>7.0f}s"
+    )
+
+
 def format_table(results: dict[str, Any]) -> str:
     """Each row's metrics with its gap to ``retrain``, then its costs.
 
-    The ``original`` row's gaps show how much there was to forget: if they are
-    near zero, the model never memorised the targets and no method can show an
-    unlearning effect.
+    Federated rows come first, then the centralised ones. The ``original``
+    row's gaps show how much there was to forget: if they are near zero, the
+    model never memorised the forget set and no method can show an unlearning
+    effect.
     """
     reference = reference_row(results)
     names = metric_names(reference)
     header = (
-        f"{'method':<12}"
+        f"{'method':<14}"
         + "".join(f"{m:>21}" for m in names)
-        + f"{'rounds':>7}{'epochs':>8}{'up':>10}{'down':>10}{'stored':>10}{'wall':>8}"
+        + f"{'rounds':>7}{'epochs':>12}{'up':>10}{'down':>10}{'stored':>10}{'wall':>8}"
     )
-    lines = [header, "-" * len(header)]
-    for row in results["rows"]:
-        if row["status"] != "ok":
-            lines.append(f"{row['method']:<12}refused: {row['reason']}")
-            continue
-        row_gaps = gaps(row, reference)
-        cells = "".join(
-            f"{row[m]:>11.3f} (gap {row_gaps[m]:.3f})"
-            if row["method"] != REFERENCE
-            else f"{row[m]:>11.3f}{'':>10}"
-            for m in names
-        )
-        cost = row["cost"]
-        rounds = row["recovery_rounds"] if row["recovery_rounds"] is not None else cost["rounds"]
-        lines.append(
-            f"{row['method']:<12}{cells}{rounds:>7}{cost['client_epochs']:>8.0f}"
-            f"{_size(cost['bytes_up']):>10}{_size(cost['bytes_down']):>10}"
-            f"{_size(cost['server_storage_bytes']):>10}{cost['wall_s']:>7.0f}s"
-        )
+    forget = f"forget set: {reference.get('scenario', 'client')} scenario"
+    if "forget_size" in reference:
+        forget += f", {reference['forget_size']} examples"
+    lines = [forget, header, "-" * len(header)]
+    rows = results["rows"]
+    federated = [r for r in rows if r.get("kind", "federated") == "federated"]
+    centralised = [r for r in rows if r.get("kind") == "centralised"]
+    lines += [_row_line(row, reference, names) for row in federated]
+    if centralised:
+        lines.append("centralised (one model, the forget / retain split known):")
+        lines += [_row_line(row, reference, names) for row in centralised]
     lines.append(
         "gap = |value - retrain value|; rounds = rounds after the request (the step's included; "
-        "original and retrain: training rounds); epochs = client-epochs; up/down = model bytes "
-        "clients sent / received; stored = what the method kept on the server for the step"
+        "original and retrain: training rounds); epochs = client-epochs (centralised: epochs "
+        "over forget + retain data); up/down = model bytes clients sent / received; stored = "
+        "what the method kept on the server for the step"
     )
     return "\n".join(lines)

@@ -202,6 +202,4 @@ def evaluate_task(
     """Dataset means: ``loss`` and ``accuracy``, or ``loss``, ``dice`` and ``dice_fg``."""
     values = per_example_metrics(model, x, y, task, device)
     names = {"correct": "accuracy"}
-    return {
-        names.get(k, k): float(v.mean()) if len(v) else float("nan") for k, v in values.items()
-    }
+    return {names.get(k, k): float(v.mean()) if len(v) else float("nan") for k, v in values.items()}

@@ -7,6 +7,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedforget.config import FederationConfig
 from fedforget.federated.federation import run_federation
+from fedforget.grid import PromptGrid
 
 
 def build_server_app(config: FederationConfig | None = None) -> ServerApp:
@@ -20,7 +21,10 @@ def build_server_app(config: FederationConfig | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, config or FederationConfig.from_run_config(context.run_config))
+        # replies are collected every 0.2 s, not every 3 s (fedforget.grid)
+        run_federation(
+            PromptGrid(grid), config or FederationConfig.from_run_config(context.run_config)
+        )
 
     return app
 

@@ -19,7 +19,7 @@ from fedforget.methods.base import FederatedMethod
 from fedforget.methods.puf import PufRegular, PufSpecial
 from fedforget.requests import InMemoryRequestQueue, UnlearningRequest
 from fedforget.simulation import backend_config
-from fedforget.store import InMemoryPseudoGradientStore, StoredPseudoGradient
+from fedforget.state.store import InMemoryPseudoGradientStore, StoredPseudoGradient
 from fedforget.task import evaluate_global_metrics, model_arrays, new_model
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

@@ -1,4 +1,8 @@
-"""Durability: a request queued before the server process dies is applied once after restart."""
+"""Durability: a request queued before the server process dies is applied once after restart.
+
+The restarted run resumes after the last checkpoint of the killed one
+(same state-dir, same configuration; only the round cap differs).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from api_support import wait_for_api, wait_for_round_start
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
 from fedforget.config import FederationConfig
 from fedforget.federated.federation import EVENTS_FILE, HISTORY_FILE, REQUESTS_FILE
+from fedforget.state.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = (
@@ -75,23 +80,30 @@ def test_queued_request_survives_a_crash_and_is_applied_exactly_once(tmp_path):
     assert survived is not None and survived.status == "queued"
     assert survived.method == "puf-special"  # the run's method, named when it was accepted
 
-    # run 2: same state directory; the request is applied at the first boundary it can be
-    second = base.replace(num_server_rounds=4, out_dir=str(tmp_path / "run2"))
+    checkpointed = load_checkpoint(state).server_round  # run 1 completed these rounds
+    assert checkpointed >= 1
+
+    # run 2: same state directory, resumed after round `checkpointed`; the request is applied
+    # at its first boundary
+    step = checkpointed + 1
+    second = base.replace(num_server_rounds=step + 2, out_dir=str(tmp_path / "run2"))
     run_to_completion(second)
     events = json.loads((tmp_path / "run2" / EVENTS_FILE).read_text())
     assert [(e["server_round"], e["method"], e["clients"], e["request_ids"]) for e in events] == [
-        (2, "puf-special", ["1"], [request_id])
+        (step, "puf-special", ["1"], [request_id])
     ]
     history = json.loads((tmp_path / "run2" / HISTORY_FILE).read_text())
-    assert [h["participants"] for h in history if h["round"] > 2] == [["0", "2"], ["0", "2"]]
+    assert [h["round"] for h in history] == list(range(step + 3))  # each round once
+    assert all(h["participants"] == ["0", "1", "2"] for h in history[1:step])
+    assert [h["participants"] for h in history[step + 1 :]] == [["0", "2"], ["0", "2"]]
 
-    # run 3: client 1 stays forgotten; nothing is applied again
-    third = base.replace(num_server_rounds=2, out_dir=str(tmp_path / "run3"))
+    # run 3: resumed with a higher cap; client 1 stays forgotten, nothing is applied again
+    third = base.replace(num_server_rounds=step + 4, out_dir=str(tmp_path / "run3"))
     run_to_completion(third)
-    assert json.loads((tmp_path / "run3" / EVENTS_FILE).read_text()) == []
+    assert json.loads((tmp_path / "run3" / EVENTS_FILE).read_text()) == events
     history = json.loads((tmp_path / "run3" / HISTORY_FILE).read_text())
-    assert [h["participants"] for h in history if h["round"] > 0] == [["0", "2"], ["0", "2"]]
+    assert [h["participants"] for h in history[step + 3 :]] == [["0", "2"], ["0", "2"]]
     requests = json.loads((tmp_path / "run3" / REQUESTS_FILE).read_text())
     assert [(r["request_id"], r["status"], r["applied_round"]) for r in requests] == [
-        (request_id, "applied", 2)
+        (request_id, "applied", step)
     ]

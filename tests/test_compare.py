@@ -14,11 +14,13 @@ from fedforget.arrays import arrays_nbytes, record_nbytes, to_record
 from fedforget.comparison import reference_key, run_comparison
 from fedforget.config import FederationConfig
 from fedforget.metrics import METRIC_NAMES
+from fedforget.results import reference_row
 from fedforget.task import model_arrays, new_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "num-partitions=3 num-server-rounds=5 unlearn-at-round=2 local-epochs=1"
 METHODS = ["puf-special", "natural", "not", "fedquit"]
+CENTRALISED = ["ft", "salun", "output-filter"]
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +51,16 @@ def config():
 @pytest.fixture(scope="module")
 def first(cache, config, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    return out, run_comparison(config, out, METHODS)
+    return out, run_comparison(config, out, METHODS, centralised=CENTRALISED)
 
 
 def test_one_row_per_method_with_metrics(first):
     out, results = first
-    rows = results["rows"]
+    rows = [r for r in results["rows"] if r["kind"] == "federated"]
     assert [r["method"] for r in rows] == ["original", *METHODS, "retrain"]
     for row in rows:
-        assert row["status"] == "ok" and row["kind"] == "federated" and row["targets"] == ["0"]
+        assert row["status"] == "ok" and row["targets"] == ["0"]
+        assert row["scenario"] == "client" and row["forget_size"] > 0
         for metric in METRIC_NAMES:
             assert 0.0 <= row[metric] <= 1.0
     retrain = rows[-1]
@@ -65,10 +68,45 @@ def test_one_row_per_method_with_metrics(first):
         assert row["unlearning_round"] == 3
         assert 1 <= row["recovery_rounds"] <= 3
         assert row["recovered"] == (row["test_acc"] >= retrain["test_acc"])
-    assert json.loads((out / "results.json").read_text())["rows"] == rows
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
     header = (out / "methods.csv").read_text().splitlines()[0]
-    assert header.startswith("method,status,test_acc,forget_acc,retain_acc,mia_yeom")
+    assert header.startswith("method,kind,status,forget_size,test_acc,forget_acc,retain_acc")
     assert "cost_server_storage_bytes" in header
+
+
+def test_centralised_rows_unlearn_the_same_forget_set(first):
+    """Centralised methods start from the original model and see the targets' data."""
+    _, results = first
+    rows = {r["method"]: r for r in results["rows"] if r["kind"] == "centralised"}
+    assert list(rows) == ["ft", "salun", "output-filter"]
+    original = next(r for r in results["rows"] if r["method"] == "original")
+    assert rows["ft"]["status"] == rows["salun"]["status"] == "ok"
+    for name in ("ft", "salun"):
+        row = rows[name]
+        assert row["forget_size"] == original["forget_size"] and row["targets"] == ["0"]
+        assert row["cost"]["retain_epochs"] > 0 and row["cost"]["wall_s"] >= 0
+        assert row["recovery_rounds"] is None
+    assert rows["output-filter"]["status"] == "refused"
+    assert "class" in rows["output-filter"]["reason"]
+
+
+def test_class_scenario_refuses_federated_methods_and_retrains_without_the_class(
+    cache, config, tmp_path
+):
+    by_class = config.replace(forget_scenario="class", forget_class=3)
+    results = run_comparison(
+        by_class, tmp_path, ["puf-special"], centralised=["ft", "output-filter"]
+    )
+    rows = {(r["kind"], r["method"]): r for r in results["rows"]}
+    refused = rows[("federated", "puf-special")]
+    assert refused["status"] == "refused" and "client scenario" in refused["reason"]
+    retrain, original = rows[("federated", "retrain")], rows[("federated", "original")]
+    # the reference never saw class 3: it cannot predict it; the original can
+    assert retrain["forget_acc"] < 0.05 < 0.5 < original["forget_acc"]
+    assert retrain["scenario"] == "class" and retrain["targets"] == []
+    # the output filter gives the class exactly zero probability: nothing predicts it
+    assert rows[("centralised", "output-filter")]["forget_acc"] == 0.0
+    assert rows[("centralised", "ft")]["status"] == "ok"
 
 
 def test_costs_come_from_the_rounds_that_ran(first, config):
@@ -99,7 +137,7 @@ def test_costs_come_from_the_rounds_that_ran(first, config):
 def test_second_call_reuses_the_cached_reference(first, cache, config, tmp_path):
     _, results = first
     assert results["timing"]["reference_cached"] is False
-    assert [p.name for p in (cache / "references").iterdir()] == [reference_key(config)]
+    assert reference_key(config) in [p.name for p in (cache / "references").iterdir()]
     out = tmp_path / "again"
     done = subprocess.run(
         [
@@ -111,6 +149,8 @@ def test_second_call_reuses_the_cached_reference(first, cache, config, tmp_path)
             str(out),
             "--methods",
             "puf-special,retrain",
+            "--centralised",
+            "none",
             "--run-config",
             SMALL,
         ],
@@ -124,7 +164,7 @@ def test_second_call_reuses_the_cached_reference(first, cache, config, tmp_path)
     again = json.loads((out / "results.json").read_text())
     assert again["timing"]["reference_cached"] is True
     assert [r["method"] for r in again["rows"]] == ["original", "puf-special", "retrain"]
-    assert again["rows"][-1]["test_acc"] == results["rows"][-1]["test_acc"]
+    assert reference_row(again)["test_acc"] == reference_row(results)["test_acc"]
     assert "[reference]" not in done.stdout and "puf-special" in done.stdout
     assert "gap" in done.stdout and "stored" in done.stdout
 

@@ -104,3 +104,34 @@ def test_dockerfiles_build_on_the_pinned_official_images():
     version = flwr.__version__
     assert f"FROM flwr/superlink:{version}" in (ROOT / "server" / "Dockerfile").read_text()
     assert f"FROM flwr/supernode:{version}" in (ROOT / "clients" / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("dockerfile", ["server/Dockerfile", "clients/Dockerfile"])
+def test_images_prepare_the_data_and_poll_like_the_local_deployment(dockerfile):
+    """Data cache pre-built, code byte-compiled, the local deployment's poll interval."""
+    from fedforget.data.cache import CACHE_ENV
+    from fedforget.deploy import TASK_POLL_INTERVAL_ENV, TASK_POLL_INTERVAL_S
+
+    text = (ROOT / dockerfile).read_text()
+    assert f"{TASK_POLL_INTERVAL_ENV}={TASK_POLL_INTERVAL_S}" in text
+    assert f"{CACHE_ENV}=/app/cache" in text
+    assert "python -m compileall" in text
+    assert 'python -m fedforget.data.prepare --run-config "$PREPARE_RUN_CONFIG"' in text
+
+
+def test_images_prepare_the_data_of_the_compose_federation():
+    """The build argument names the compose file's number of partitions, and parses."""
+    from fedforget.data.prepare import parse_run_config
+
+    services = compose("docker-compose.yml")["services"]
+    partitions = {
+        int(re.search(r"num-partitions=(\d+)", spec["command"][-1]).group(1))
+        for name, spec in services.items()
+        if name.startswith("supernode-")
+    }
+    for name, spec in services.items():
+        prepared = parse_run_config(spec["build"]["args"]["PREPARE_RUN_CONFIG"])
+        assert {prepared.num_partitions} == partitions, name
+    for dockerfile in ("server/Dockerfile", "clients/Dockerfile"):
+        default = re.search(r'ARG PREPARE_RUN_CONFIG="([^"]*)"', (ROOT / dockerfile).read_text())
+        assert default and parse_run_config(default.group(1)).num_partitions in partitions

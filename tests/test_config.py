@@ -79,10 +79,16 @@ def test_lr_schedule():
     "path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.name
 )
 def test_every_experiment_configuration_is_valid(path):
-    """Each file in experiments/ is a run config fedforget accepts."""
-    from fedforget.cli import parse_run_config
+    """Each file in experiments/ is a run config, or an experiment file, fedforget accepts."""
+    import tomllib
 
-    config = FederationConfig.from_run_config(parse_run_config([str(path)]))
+    from fedforget.cli import parse_run_config
+    from fedforget.experiment.spec import load_experiment
+
+    if "experiment" in tomllib.loads(path.read_text()):
+        config = load_experiment(path).config
+    else:
+        config = FederationConfig.from_run_config(parse_run_config([str(path)]))
     assert config.num_server_rounds > config.unlearn_at_round
 
 

@@ -7,12 +7,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from fedforget.api.client import ApiError, UnlearningClient
 from fedforget.certs import generate_certificates
-from fedforget.deploy import LocalDeployment, descendants, is_running, running
+from fedforget.deploy import (
+    TASK_POLL_INTERVAL_ENV,
+    TASK_POLL_INTERVAL_S,
+    LocalDeployment,
+    descendants,
+    is_running,
+    running,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,6 +107,8 @@ def test_tls_deployment_trains(tmp_path):
     out = tmp_path / "out"
     with running(deployment):
         assert "root-certificates" in (deployment.flwr_home / "config.toml").read_text()
+        environ = Path(f"/proc/{deployment.processes['supernode-0']}/environ").read_bytes()
+        assert f"{TASK_POLL_INTERVAL_ENV}={TASK_POLL_INTERVAL_S}".encode() in environ.split(b"\0")
         done = deployment.run_app(
             ROOT,
             "num-partitions=2 num-server-rounds=1 unlearn-at-round=0 local-epochs=1 "
@@ -113,3 +123,57 @@ def test_tls_deployment_trains(tmp_path):
 def test_down_without_up_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="fedforget deploy up"):
         LocalDeployment.load(tmp_path)
+
+
+def test_latency_settings_yield_to_the_users_environment(tmp_path, monkeypatch):
+    """Poll interval for every SuperExec, cores // SuperNodes threads; a user's value wins."""
+    deployment = LocalDeployment.create(tmp_path / "deploy", num_supernodes=3)
+    monkeypatch.delenv(TASK_POLL_INTERVAL_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+
+    assert deployment.tuning() == {TASK_POLL_INTERVAL_ENV: str(TASK_POLL_INTERVAL_S)}
+    assert deployment.tuning(supernode=True)["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.setenv(TASK_POLL_INTERVAL_ENV, "1.0")
+    assert deployment.tuning(supernode=True) == {}
+
+
+class SlowRepliesGrid:
+    """A stand-in for Flower's deployment grid: each reply shows up after some pulls."""
+
+    def __init__(self, pulls_until_reply: dict[str, int]) -> None:
+        self.pulls_until_reply = pulls_until_reply
+        self.pulls = 0
+        self.pushed: list[str] = []
+
+    def push_messages(self, messages):
+        self.pushed += [m.id for m in messages]
+        return [m.id for m in messages]
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        return [
+            SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=mid))
+            for mid in message_ids
+            if self.pulls_until_reply[mid] == self.pulls
+        ]
+
+
+def test_prompt_grid_collects_replies_as_they_arrive():
+    """Every reply, each once; pulls every interval; a timeout returns what arrived."""
+    from fedforget.grid import PromptGrid
+
+    inner = SlowRepliesGrid({"a": 1, "b": 3, "c": 100})
+    grid = PromptGrid(inner, reply_poll_interval=0.01)  # type: ignore[arg-type]
+    messages = [SimpleNamespace(id=i) for i in "abc"]
+
+    started = time.monotonic()
+    replies = grid.send_and_receive(messages, timeout=0.2)
+    waited = time.monotonic() - started
+
+    assert inner.pushed == ["a", "b", "c"]
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
+    assert 0.2 <= waited < 1.0 and 5 <= inner.pulls <= 25
+    with pytest.raises(ValueError, match="> 0"):
+        PromptGrid(inner, reply_poll_interval=0)  # type: ignore[arg-type]

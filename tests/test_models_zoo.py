@@ -12,6 +12,7 @@ from fedforget.training import make_optimizer, train
 @pytest.mark.parametrize(
     ("name", "input_shape", "num_classes", "output_shape"),
     [
+        ("mlp", (1, 28, 28), 10, (2, 10)),
         ("resnet18", (3, 32, 32), 100, (2, 100)),
         ("resnet18-bn", (3, 32, 32), 10, (2, 10)),
         ("vit", (3, 32, 32), 100, (2, 100)),
@@ -125,10 +126,12 @@ def test_segmentation_training_lowers_the_dice_ce_loss():
     x = torch.rand(8, 3, 16, 16)
     y = (x[:, 0] > 0.5).long()
     model = build_model("unet-small", (3, 16, 16), 2, seed=0)
-    first = train(model, x, y, epochs=1, batch_size=4, lr=1e-2, seed=0, task="segmentation",
-                  optimizer="adam")
-    later = train(model, x, y, epochs=5, batch_size=4, lr=1e-2, seed=1, task="segmentation",
-                  optimizer="adam")
+    first = train(
+        model, x, y, epochs=1, batch_size=4, lr=1e-2, seed=0, task="segmentation", optimizer="adam"
+    )
+    later = train(
+        model, x, y, epochs=5, batch_size=4, lr=1e-2, seed=1, task="segmentation", optimizer="adam"
+    )
     assert later < first
 
 

@@ -14,10 +14,16 @@ Endpoints (all under ``/v1``, all require ``Authorization: Bearer <token>``):
 ``GET /v1/status``
     Current round, the run's method and the methods whose history it keeps,
     clients seen / forgotten / excluded, what the server stores for
-    unlearning (clients and bytes), pending requests.
+    unlearning (clients and bytes), pending requests, the test score after
+    each evaluated round.
 ``GET /v1/audit-log``
     Applied unlearning: request id, method, round, clients, update norm,
     time. No client data.
+
+``GET /view`` (outside the schema) is a read-only HTML page of the federation
+that reads these endpoints with the token the user gives it; the page itself
+holds no data and is the one path served without the token
+(:mod:`fedforget.api.view`).
 
 The API only writes into the queue the strategy reads at each round boundary
 (one request path) and reads only the strategy's status snapshot
@@ -41,7 +47,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -56,6 +62,7 @@ from fedforget.api.constants import (
     REQUEST_BODY_TIMEOUT_S,
 )
 from fedforget.api.sqlite_queue import IdempotencyConflict, RequestRecord, SQLiteRequestQueue
+from fedforget.api.view import PAGE, PAGE_HEADERS, VIEW_PATH
 from fedforget.config import FederationConfig
 from fedforget.federated.records import FederationStatus
 from fedforget.methods import method_class, method_names
@@ -138,6 +145,13 @@ class ServerStorage(BaseModel):
     bytes: int
 
 
+class RoundScore(BaseModel):
+    """The global model's test score after a round (round 0: the initial model)."""
+
+    server_round: int
+    value: float
+
+
 class StatusView(BaseModel):
     """The federation as the strategy sees it now."""
 
@@ -150,6 +164,10 @@ class StatusView(BaseModel):
     clients_excluded: list[str]
     server_storage: ServerStorage
     pending_requests: list[str] = Field(description="Ids of queued requests, oldest first.")
+    test_metric: str = Field(description='Metric of test_scores, e.g. "accuracy" or "dice".')
+    test_scores: list[RoundScore] = Field(
+        description="Server-side test score after each evaluated round, oldest first."
+    )
 
 
 class AuditEntry(BaseModel):
@@ -236,6 +254,8 @@ class FederationView:
                 clients=snapshot.stored_clients, bytes=snapshot.stored_bytes
             ),
             pending_requests=[r.request.request_id for r in queue.records("queued")],
+            test_metric=snapshot.test_metric,
+            test_scores=[RoundScore(server_round=r, value=v) for r, v in snapshot.test_scores],
         )
 
     def checked_options(
@@ -283,15 +303,23 @@ def request_view(record: RequestRecord) -> RequestView:
 
 # ------------------------------------------------------------- middleware
 class BearerTokenMiddleware:
-    """Refuse every HTTP call without the right bearer token, before anything is read."""
+    """Refuse every HTTP call without the right bearer token, before anything is read.
 
-    def __init__(self, app: ASGIApp, token: ApiToken) -> None:
+    ``public_paths`` are answered to a ``GET`` without the token: only pages
+    that hold no data (the live view's constant document) may be listed.
+    """
+
+    def __init__(
+        self, app: ASGIApp, token: ApiToken, public_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.token = token
+        self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check ``Authorization: Bearer <token>``; answer 401 otherwise."""
-        if scope["type"] == "http":
+        public = scope.get("method") == "GET" and scope.get("path") in self.public_paths
+        if scope["type"] == "http" and not public:
             headers = dict(scope.get("headers") or [])
             authorization = headers.get(b"authorization", b"").decode("latin-1")
             scheme, _, presented = authorization.partition(" ")
@@ -519,8 +547,14 @@ def create_app(
         ]
         return AuditLog(entries=entries)
 
+    @app.get(VIEW_PATH, response_class=HTMLResponse, include_in_schema=False)
+    def live_view() -> HTMLResponse:
+        # constant and data-free: served without the token (see fedforget.api.view)
+        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
+
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    app.add_middleware(BearerTokenMiddleware, token=token)  # outermost: checked first
+    # outermost: checked first
+    app.add_middleware(BearerTokenMiddleware, token=token, public_paths=frozenset({VIEW_PATH}))
     return app
 
 

@@ -23,11 +23,14 @@ image_size=0, download=False)``; ``image_size`` 0 means the dataset's default.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
+import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,8 +40,9 @@ import torch
 from numpy.typing import NDArray
 
 from fedforget.config import FederationConfig
+from fedforget.data.cache import cache_key, cached_arrays, fingerprint_content, fingerprint_files
 from fedforget.data.cifar import load_cifar_split, load_cifar_standin_split
-from fedforget.data.partition import partition_indices
+from fedforget.data.partition import partition_indices, split_file_bytes
 from fedforget.data.prostate import load_prostate_split, load_prostate_synthetic_split
 from fedforget.data.split import SplitDataset
 
@@ -201,18 +205,81 @@ def _federated_data(
     download: bool = False,
     partition_file: str = "",
 ) -> FederatedData:
-    data = load_dataset(
-        dataset, data_dir, test_fraction, seed, image_size=image_size, download=download
+    split_settings = {
+        "dataset": dataset,
+        "data-dir": data_dir,
+        "data-files": fingerprint_files(data_dir),
+        "test-fraction": test_fraction,
+        "seed": seed,
+        "image-size": image_size,
+    }
+    data = split_from_arrays(
+        cached_arrays(
+            "split",
+            split_settings,
+            lambda: split_to_arrays(
+                load_dataset(
+                    dataset, data_dir, test_fraction, seed, image_size=image_size, download=download
+                )
+            ),
+        )
     )
+    partition_settings = {
+        "split": cache_key("split", split_settings),
+        "num-partitions": num_partitions,
+        "partitioner": partitioner,
+        "alpha": alpha,
+        "min-partition-size": min_partition_size,
+        "seed": seed,
+        "partition-file": partition_file,
+        "partition-file-content": _partition_file_fingerprint(partitioner, partition_file),
+    }
+    partitions = cached_arrays(
+        "partitions",
+        partition_settings,
+        lambda: {
+            f"client-{i}": part
+            for i, part in enumerate(
+                _partition(
+                    data,
+                    dataset,
+                    num_partitions,
+                    partitioner,
+                    alpha,
+                    min_partition_size,
+                    seed,
+                    partition_file,
+                )
+            )
+        },
+    )
+    return FederatedData(
+        data,
+        tuple(np.asarray(partitions[f"client-{i}"], dtype=np.int64) for i in range(num_partitions)),
+    )
+
+
+def _partition(
+    data: SplitDataset,
+    dataset: str,
+    num_partitions: int,
+    partitioner: str,
+    alpha: float,
+    min_partition_size: int,
+    seed: int,
+    partition_file: str,
+) -> list[NDArray[np.int64]]:
     if data.task != "classification" and partitioner == "dirichlet":
         raise ValueError(
             f"dataset {dataset!r} is a {data.task} task without class labels to skew: "
             f"use partitioner='natural' (one client per site) or 'iid'"
         )
-    labels = data.train_y.numpy() if data.task == "classification" else np.zeros(
-        len(data.train_y), dtype=np.int64
+    labels = (
+        data.train_y.numpy()
+        if data.task == "classification"
+        else np.zeros(len(data.train_y), dtype=np.int64)
     )
-    partitions = partition_indices(
+    return partition_indices(
         labels,
         num_partitions,
         partitioner,
@@ -222,11 +289,59 @@ def _federated_data(
         groups=None if data.train_groups is None else data.train_groups.numpy(),
         partition_file=partition_file,
     )
-    return FederatedData(data, tuple(partitions))
+
+
+def _partition_file_fingerprint(partitioner: str, partition_file: str) -> str:
+    """The content of the split file a ``file`` partition reads ("" if none or unreadable)."""
+    if partitioner != "file" or not partition_file:
+        return ""
+    try:
+        return fingerprint_content(split_file_bytes(partition_file))
+    except OSError:
+        return ""  # the partitioner reports the missing file
+
+
+SPLIT_INFO_KEY = "info"
+
+
+def split_to_arrays(data: SplitDataset) -> dict[str, NDArray[np.generic]]:
+    """A split dataset as named numpy arrays (for the cache).
+
+    Each tensor field becomes an array of its name; the other fields (number
+    of classes, task, augmentation, group names) go into one JSON text array,
+    ``info``. Fields that are None are left out.
+    """
+    arrays: dict[str, NDArray[np.generic]] = {}
+    info: dict[str, object] = {}
+    for field in dataclasses.fields(data):
+        value = getattr(data, field.name)
+        if isinstance(value, torch.Tensor):
+            arrays[field.name] = value.numpy()
+        elif value is not None:
+            info[field.name] = list(value) if isinstance(value, tuple) else value
+    arrays[SPLIT_INFO_KEY] = np.array(json.dumps(info))
+    return arrays
+
+
+def split_from_arrays(arrays: Mapping[str, NDArray[np.generic]]) -> SplitDataset:
+    """The split dataset :func:`split_to_arrays` described (tensors share the arrays' memory)."""
+    info = json.loads(str(arrays[SPLIT_INFO_KEY][()]))
+    values: dict[str, object] = {}
+    for field in dataclasses.fields(SplitDataset):
+        if field.name in arrays:
+            values[field.name] = torch.from_numpy(np.asarray(arrays[field.name]))
+        elif field.name in info:
+            value = info[field.name]
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+    return SplitDataset(**values)  # type: ignore[arg-type]
 
 
 def load_federated_data(config: FederationConfig) -> FederatedData:
-    """The dataset and client partitions a config describes (cached per process)."""
+    """The dataset and client partitions a config describes.
+
+    Built once per machine and read back from the on-disk cache
+    (:mod:`fedforget.data.cache`) afterwards; kept in memory per process.
+    """
     return _federated_data(
         config.dataset,
         config.data_dir,

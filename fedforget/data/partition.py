@@ -47,23 +47,34 @@ def read_split_file(partition_file: str) -> list[NDArray[np.int64]]:
         Each client's training indices, in the file's order.
 
     """
-    if partition_file in packaged_splits():
-        resource = resources.files(SPLITS_PACKAGE).joinpath(SPLITS_FOLDER, f"{partition_file}.json")
-        raw = json.loads(resource.read_text())
-    else:
-        path = Path(partition_file)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"partition-file {partition_file!r} is neither a packaged split "
-                f"({', '.join(packaged_splits())}) nor an existing JSON file"
-            )
-        raw = json.loads(path.read_text())
+    raw = json.loads(split_file_bytes(partition_file))
     ids = sorted(raw, key=int)
     if ids != [str(i) for i in range(len(ids))]:
         raise ValueError(
             f"partition-file {partition_file!r}: client ids must be 0..{len(ids) - 1}, got {ids}"
         )
     return [np.asarray(raw[cid], dtype=np.int64) for cid in ids]
+
+
+def split_file_bytes(partition_file: str) -> bytes:
+    """The raw content of a packaged split or a split file (see :func:`read_split_file`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``partition_file`` is neither a packaged split nor an existing file.
+
+    """
+    if partition_file in packaged_splits():
+        resource = resources.files(SPLITS_PACKAGE).joinpath(SPLITS_FOLDER, f"{partition_file}.json")
+        return resource.read_bytes()
+    path = Path(partition_file)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"partition-file {partition_file!r} is neither a packaged split "
+            f"({', '.join(packaged_splits())}) nor an existing JSON file"
+        )
+    return path.read_bytes()
 
 
 def partition_indices(
@@ -128,9 +139,7 @@ def partition_indices(
             )
         found = len(np.unique(groups))
         if found != num_partitions:
-            raise ValueError(
-                f"the dataset has {found} natural clients: set num-partitions={found}"
-            )
+            raise ValueError(f"the dataset has {found} natural clients: set num-partitions={found}")
         part = NaturalIdPartitioner(partition_by="group")
         column = "group"
     elif partitioner == "dirichlet":

@@ -276,11 +276,8 @@ def write_synthetic_prostate(
             case = f"Case{case_number:02d}"
             affine = np.diag([0.5, 0.5, 3.0, 1.0])
             nib.save(nib.Nifti1Image(volume.astype(np.float32), affine), folder / f"{case}.nii.gz")
-            nib.save(
-                nib.Nifti1Image(mask.astype(np.uint8), affine), folder / mask_name(site, case)
-            )
+            nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), folder / mask_name(site, case))
             kept += len(volume_slices(volume.transpose(2, 1, 0), mask.transpose(2, 1, 0))[1])
         np.save(root / f"{site}-dir.npy", np.array(sorted(os.listdir(folder))))
         np.save(root / f"{site}-index.npy", rng.permutation(kept))
     return root
-

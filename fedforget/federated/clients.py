@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
 from flwr.app import Message
 
@@ -77,6 +78,45 @@ class ClientDirectory:
 
     def sample(self, client_ids: list[str], count: int) -> list[str]:
         """``count`` of ``client_ids`` (all if fewer), drawn by the seeded generator."""
-        if count >= len(client_ids):
-            return list(client_ids)
-        return sorted(self._rng.sample(client_ids, count), key=natural_order)
+        return self.draw(client_ids, [], count)[0]
+
+    def draw(
+        self, client_ids: list[str], new_nodes: list[int], count: int
+    ) -> tuple[list[str], list[int]]:
+        """``count`` of ``client_ids`` and of nodes not identified yet, in one seeded draw.
+
+        Returns the drawn client ids (in client-id order) and the drawn nodes;
+        all of both if there are at most ``count``. Without new nodes this is
+        the draw :meth:`sample` makes: the generator picks positions, so the
+        same clients come out of the same state.
+        """
+        if count >= len(client_ids) + len(new_nodes):
+            return list(client_ids), list(new_nodes)
+        drawn = self._rng.sample(range(len(client_ids) + len(new_nodes)), count)
+        known = len(client_ids)
+        clients = sorted((client_ids[i] for i in drawn if i < known), key=natural_order)
+        return clients, [new_nodes[i - known] for i in drawn if i >= known]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Node <-> client map, forgotten clients and the sampling generator's state (JSON).
+
+        The generator's state is what makes a resumed run sample the clients
+        an uninterrupted one would have sampled.
+        """
+        version, internal, gauss = self._rng.getstate()
+        return {
+            "node_clients": [[node, client] for node, client in self.node_clients.items()],
+            "forgotten": sorted(self.forgotten, key=natural_order),
+            "excluded": sorted(self.excluded, key=natural_order),
+            "rng": [version, list(internal), gauss],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a saved directory; forgotten clients add to those already known.
+
+        Excluded clients come from the run config, which a resumed run shares.
+        """
+        self.node_clients.update({int(node): str(client) for node, client in state["node_clients"]})
+        self.forgotten.update(state["forgotten"])
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))

@@ -10,7 +10,15 @@ test set after every round (one progress line each) and returns a typed
 * ``events.json``: the completed unlearning steps (rounds, method, clients, norm);
 * ``requests.json``: every request with its final status;
 * ``final_model.npz`` and, if a client was forgotten, ``original_model.npz``
-  (the global model just before the first unlearning step).
+  (the global model just before the first unlearning step; written as soon as
+  that step completes, so that a resumed run can report it).
+
+With ``state-dir`` set, the run checkpoints every round that ends outside an
+unlearning step (:mod:`fedforget.state.checkpoint`) and a run started again
+with the same state-dir and configuration resumes after the last checkpoint
+(:func:`fedforget.state.checkpoint.resume_point`); ``store = "disk"`` keeps
+PUF's pseudo-gradients in ``state-dir/pseudo-gradients/``
+(:mod:`fedforget.state.disk_store`).
 
 The ServerApp of ``flwr run`` and of deployments, ``fedforget run`` and
 ``fedforget compare`` all go through :func:`build_strategy`.
@@ -18,11 +26,13 @@ The ServerApp of ``flwr run`` and of deployments, ``fedforget run`` and
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +45,7 @@ from fedforget.config import FederationConfig
 from fedforget.federated.clients import ClientDirectory
 from fedforget.federated.intake import Intake
 from fedforget.federated.records import RoundRecord, UnlearningEvent
-from fedforget.federated.strategy import UnlearningStrategy
+from fedforget.federated.strategy import RoundEnd, UnlearningStrategy
 from fedforget.methods import method_class, method_names
 from fedforget.methods.base import FederatedMethod, MethodContext
 from fedforget.models import build_model, first_conv_key, head_keys, statistic_keys
@@ -45,6 +55,10 @@ from fedforget.requests import (
     UnlearningRequest,
     forgotten_clients,
 )
+from fedforget.state.checkpoint import Checkpoint, resume_point, save_checkpoint
+from fedforget.state.disk_store import PSEUDO_GRADIENT_DIR, DiskPseudoGradientStore
+from fedforget.state.files import write_durably
+from fedforget.state.store import InMemoryPseudoGradientStore, PseudoGradientStore
 from fedforget.task import (
     evaluate_global_metrics,
     load_federated_data,
@@ -61,6 +75,8 @@ FINAL_MODEL_FILE = "final_model.npz"
 ORIGINAL_MODEL_FILE = "original_model.npz"
 SCORE_COLUMNS = {"accuracy": "acc"}  # history keys: test_acc, test_dice, test_dice_fg
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class RunRecord:
@@ -75,6 +91,8 @@ class RunRecord:
     requests: list[UnlearningRequest]
     wall_s: float
     stored_bytes: dict[str, int] = field(default_factory=dict)
+    first_round: int = 1
+    """The first round this process ran (the checkpoint's round + 1 when it resumed)."""
 
     @property
     def last_round(self) -> int:
@@ -96,8 +114,15 @@ def configured_requests(config: FederationConfig) -> list[UnlearningRequest]:
     ]
 
 
-def method_context(config: FederationConfig) -> MethodContext:
-    """What the config's model and recipe tell a method."""
+def method_context(
+    config: FederationConfig, store: PseudoGradientStore | None = None
+) -> MethodContext:
+    """What the config's model and recipe tell a method.
+
+    ``store`` is the one pseudo-gradient store every method that keeps one
+    shares (the run's disk store); None gives each its own in-memory store in
+    ``store-dtype``.
+    """
     federated = load_federated_data(config)
     model = new_model(config, federated)
 
@@ -105,7 +130,11 @@ def method_context(config: FederationConfig) -> MethodContext:
         data = federated.data
         return model_arrays(build_model(config.model, data.input_shape, data.num_classes, seed))
 
+    def pseudo_gradient_store() -> PseudoGradientStore:
+        return store if store is not None else InMemoryPseudoGradientStore(config.store_dtype)
+
     return MethodContext(
+        pseudo_gradient_store=pseudo_gradient_store,
         initial_arrays=model_arrays(model),
         statistic_keys=statistic_keys(model),
         first_conv_key=first_conv_key(model),
@@ -122,10 +151,15 @@ def method_context(config: FederationConfig) -> MethodContext:
 
 
 def build_methods(
-    config: FederationConfig, overrides: Mapping[str, FederatedMethod] | None = None
+    config: FederationConfig,
+    overrides: Mapping[str, FederatedMethod] | None = None,
+    store: PseudoGradientStore | None = None,
 ) -> dict[str, FederatedMethod]:
-    """One instance of every registered method (``overrides`` replace some by name)."""
-    context = method_context(config)
+    """One instance of every registered method (``overrides`` replace some by name).
+
+    ``store``: see :func:`method_context`.
+    """
+    context = method_context(config, store)
     methods = {name: method_class(name)(context) for name in method_names()}
     methods.update(overrides or {})
     return methods
@@ -136,6 +170,7 @@ def build_strategy(
     requests: RequestQueue | None = None,
     methods: Mapping[str, FederatedMethod] | None = None,
     directory: ClientDirectory | None = None,
+    resume: Checkpoint | None = None,
 ) -> UnlearningStrategy:
     """The strategy a config describes (queue: :func:`request_queue`'s by default).
 
@@ -143,11 +178,13 @@ def build_strategy(
     store); ``directory`` carries client identities over from an earlier
     phase of the same federation. Clients that the queue's applied requests
     forgot (in an earlier run on the same state directory) stay forgotten.
+    ``resume`` restores the strategy's state from a checkpoint; without it a
+    disk store starts empty.
     """
     queue = requests if requests is not None else request_queue(config)
     for request in configured_requests(config):
         queue.submit(request)
-    instances = build_methods(config, methods)
+    instances = build_methods(config, methods, open_store(config, fresh=resume is None))
     directory = directory or ClientDirectory(config.excluded, config.seed)
     directory.forgotten.update(forgotten_clients(queue))
     intake = Intake(
@@ -158,7 +195,7 @@ def build_strategy(
         lambda name: config.settings_of(method_class(name).table),
         next(iter(instances.values())).context.task,
     )
-    return UnlearningStrategy(
+    strategy = UnlearningStrategy(
         methods=instances,
         intake=intake,
         kept=config.kept_methods,
@@ -172,6 +209,31 @@ def build_strategy(
         min_evaluate_nodes=1,
         min_available_nodes=config.min_available_clients,
     )
+    if resume is not None:
+        strategy.load_state_dict(resume.state)
+    return strategy
+
+
+def open_store(config: FederationConfig, fresh: bool) -> PseudoGradientStore | None:
+    """The run's disk store (``store = "disk"``), emptied if ``fresh``; None for "memory".
+
+    A fresh run (no checkpoint) finding files there was stopped before its
+    first checkpoint: they belong to rounds that will run again.
+    """
+    if config.store != "disk":
+        return None
+    store = DiskPseudoGradientStore(
+        Path(config.state_dir) / PSEUDO_GRADIENT_DIR, config.store_dtype
+    )
+    if fresh and store.client_ids():
+        logger.info(
+            "%s holds pseudo-gradients of a run stopped before its first checkpoint: "
+            "removed, the run starts from round 1",
+            store.directory,
+        )
+    if fresh:
+        store.clear()
+    return store
 
 
 def request_queue(config: FederationConfig) -> RequestQueue:
@@ -205,10 +267,16 @@ def run_rounds(
     initial_arrays: Arrays,
     first_round: int = 1,
     label: str = "",
+    history: list[dict[str, Any]] | None = None,
 ) -> tuple[Arrays, list[dict[str, Any]], float]:
-    """Run ``strategy`` on ``grid`` from ``first_round``; final model, history, seconds."""
-    history: list[dict[str, Any]] = []
-    started = time.monotonic()
+    """Run ``strategy`` on ``grid`` from ``first_round``; final model, history, seconds.
+
+    ``history`` (a resumed run's, from its checkpoint) is extended in place;
+    its elapsed seconds go on from its last entry.
+    """
+    history = history if history is not None else []
+    earlier_s = float(history[-1]["elapsed_s"]) if history else 0.0
+    started = time.monotonic() - earlier_s
     if hasattr(grid, "pull_interval"):
         # The simulation's InMemoryGrid polls for replies every 0.1 s by default:
         # on short rounds that wait is a visible share of the round time.
@@ -249,20 +317,85 @@ def run_rounds(
         evaluate_fn=evaluate,
         first_round=first_round,
     )
-    return to_arrays(result.arrays), history, time.monotonic() - started
+    return to_arrays(result.arrays), history, time.monotonic() - started - earlier_s
 
 
 def run_federation(
     grid: Grid, config: FederationConfig, requests: RequestQueue | None = None
 ) -> RunRecord:
-    """Run the federation a config describes on ``grid``; write records to ``out-dir``."""
-    strategy = build_strategy(config, requests)
+    """Run the federation a config describes on ``grid``; write records to ``out-dir``.
+
+    With ``state-dir``: resume after its checkpoint if it has one (of the same
+    configuration: :class:`~fedforget.state.checkpoint.CheckpointMismatch`
+    otherwise), and checkpoint every round.
+    """
+    saved = resume_point(config)
+    strategy = build_strategy(config, requests, resume=saved)
+    history = list(saved.history) if saved is not None else []
+    if saved is not None:
+        restore_original_model(config, strategy)
+        logger.info("Resuming after round %s from %s", saved.server_round, config.state_dir)
+        if config.progress:
+            print(
+                f"resuming from the checkpoint of round {saved.server_round} in "
+                f"{config.state_dir}"
+                + (" (the run had reached its recovery target)" if saved.recovered else ""),
+                flush=True,
+            )
+    if config.state_dir:
+        strategy.checkpoint = checkpointer(config, strategy, history)
+    first_round = saved.server_round + 1 if saved is not None else 1
     with live_api(config, strategy):
-        final, history, wall_s = run_rounds(grid, config, strategy, model_arrays(new_model(config)))
+        if saved is not None and saved.recovered:
+            final, wall_s = saved.arrays, 0.0
+        else:
+            initial = saved.arrays if saved is not None else model_arrays(new_model(config))
+            final, history, wall_s = run_rounds(
+                grid, config, strategy, initial, first_round, history=history
+            )
     record = run_record(config, strategy, final, history, wall_s)
+    record.first_round = first_round
     if config.out_dir:
         write_record(Path(config.out_dir), record)
     return record
+
+
+def checkpointer(
+    config: FederationConfig, strategy: UnlearningStrategy, history: list[dict[str, Any]]
+) -> RoundEnd:
+    """The strategy's end-of-round hook: write the checkpoint of ``config.state_dir``.
+
+    ``history`` is the run's per-round history, which :func:`run_rounds`
+    extends before each round ends. Before the checkpoint that first records
+    a completed step, the model before it goes to ``out-dir`` (if set) as
+    ``original_model.npz``: the state directory never keeps it.
+    """
+    original_written = False
+
+    def save(server_round: int, arrays: ArrayRecord, recovered: bool) -> None:
+        nonlocal original_written
+        original = strategy.events[0].model_before if strategy.events else {}
+        if config.out_dir and original and not original_written:
+            out_dir = Path(config.out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            buffer = io.BytesIO()
+            np.savez(buffer, **original)
+            write_durably(out_dir / ORIGINAL_MODEL_FILE, buffer.getvalue())
+            original_written = True
+        checkpoint = Checkpoint(
+            server_round, to_arrays(arrays), strategy.state_dict(), history, recovered
+        )
+        save_checkpoint(config.state_dir, checkpoint, config)
+
+    return save
+
+
+def restore_original_model(config: FederationConfig, strategy: UnlearningStrategy) -> None:
+    """Give a resumed run's first step its model before, from ``out-dir`` if it is there."""
+    path = Path(config.out_dir) / ORIGINAL_MODEL_FILE if config.out_dir else None
+    if not strategy.events or path is None or not path.is_file():
+        return
+    strategy.events[0] = replace(strategy.events[0], model_before=read_arrays(path))
 
 
 def run_record(
@@ -276,7 +409,7 @@ def run_record(
     return RunRecord(
         config=config,
         final_arrays=final,
-        original_arrays=strategy.events[0].model_before if strategy.events else None,
+        original_arrays=(strategy.events[0].model_before or None) if strategy.events else None,
         history=history,
         rounds=list(strategy.rounds),
         events=list(strategy.events),

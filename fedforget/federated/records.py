@@ -8,7 +8,8 @@ running strategy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from fedforget.arrays import Arrays
 from fedforget.methods.base import ConfigValue
@@ -47,6 +48,33 @@ class UnlearningEvent:
     model_before: Arrays = field(repr=False, compare=False)
 
 
+def event_state(event: UnlearningEvent) -> dict[str, Any]:
+    """An event as JSON values, without ``model_before``.
+
+    The model before the step holds the forgotten clients' contributions: it is
+    never written to the state directory (a resumed run has it only if the run
+    wrote ``original_model.npz`` to its out-dir).
+    """
+    return {
+        f.name: list(value) if isinstance(value := getattr(event, f.name), tuple) else value
+        for f in fields(event)
+        if f.name != "model_before"
+    }
+
+
+def event_from_state(state: dict[str, Any], model_before: Arrays | None = None) -> UnlearningEvent:
+    """The inverse of :func:`event_state` (``model_before`` empty unless given)."""
+    return UnlearningEvent(
+        **{
+            **state,
+            "clients": tuple(state["clients"]),
+            "request_ids": tuple(state["request_ids"]),
+            "settings": dict(state["settings"]),
+        },
+        model_before=model_before or {},
+    )
+
+
 @dataclass(frozen=True)
 class FederationStatus:
     """The federation at the last round boundary, as the API reports it."""
@@ -59,3 +87,5 @@ class FederationStatus:
     clients_excluded: tuple[str, ...] = ()
     stored_clients: int = 0
     stored_bytes: int = 0
+    test_metric: str = ""  # the server-side evaluation metric of test_scores
+    test_scores: tuple[tuple[int, float], ...] = ()  # (round, value) per evaluation, oldest first

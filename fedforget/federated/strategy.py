@@ -1,9 +1,10 @@
 """UnlearningStrategy: Flower's FedAvg that forgets clients with any registered method.
 
 The strategy knows no method. Per round, ``configure_train`` identifies new
-nodes, asks :class:`~fedforget.federated.intake.Intake` for the step of this
-boundary and sends either an ordinary FedAvg round of the eligible clients or
-the round the step's method plans; ``aggregate_train`` validates the replies
+nodes (all of them when they are few, else only those an ordinary round draws:
+:data:`IDENTIFY_ALL_MAX`), asks :class:`~fedforget.federated.intake.Intake`
+for the step of this boundary and sends either an ordinary FedAvg round of the
+eligible clients or the round the step's method plans; ``aggregate_train`` validates the replies
 (:mod:`~fedforget.federated.replies`) and either averages them (and lets the
 methods that keep history observe them) or hands them to the method. When a
 step completes, its targets are forgotten for good: every method erases what
@@ -13,14 +14,27 @@ Stopping rule: with ``recovery_target`` > 0 the run ends at the first
 evaluation after a completed step whose ``recovery_metric`` reaches it (the
 retrained model's test accuracy in the paper's protocol); otherwise it runs
 ``num_rounds``, which is then the cap.
+
+Checkpoints: with :attr:`UnlearningStrategy.checkpoint` set, every round that
+ends outside a step ends with it (the federation writes
+:meth:`~UnlearningStrategy.state_dict` and the model to ``state-dir``).
+Request outcomes decided in the round (a step applied, a step's requests
+rejected) reach the queue only after that checkpoint is durable, and the
+checkpoint records them: a crash before the checkpoint leaves the requests
+queued and the last checkpoint from before the step, so the step runs again
+from the same model; a crash after it is completed by the resumed run
+(:meth:`~UnlearningStrategy.load_state_dict` commits the recorded outcomes).
+No checkpoint is taken during a step: a crash mid-step repeats the whole step.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -33,6 +47,8 @@ from fedforget.federated.records import (
     FederationStatus,
     RoundRecord,
     UnlearningEvent,
+    event_from_state,
+    event_state,
 )
 from fedforget.federated.replies import accept_replies
 from fedforget.methods.base import (
@@ -58,6 +74,46 @@ from fedforget.requests import RequestQueue
 logger = logging.getLogger(__name__)
 
 IDENTITY_QUERY_TIMEOUT_S = 60.0
+IDENTIFY_ALL_MAX = 100
+"""New nodes are all asked for their client id at once when they are at most this many.
+
+A round then samples among all online clients by client id, so a seeded run
+samples the same clients every time. When more nodes are new, a round asks
+only the new nodes it draws (:meth:`UnlearningStrategy._draw_trainers`):
+asking every node of a large federation would cost its first round one
+message per node (in Flower's simulation, a time that grows with the square
+of the nodes). Which client a drawn new node is depends on Flower's node
+ids, which are random, so such a run is not reproducible client for client
+until every node has been identified."""
+
+RoundEnd = Callable[[int, ArrayRecord, bool], None]
+"""Called with (round, global model, whether the recovery target ended the run) after a round."""
+
+
+@dataclass(frozen=True)
+class QueueOutcome:
+    """Requests' outcome decided in a round, committed to the queue after its checkpoint."""
+
+    request_ids: tuple[str, ...]
+    status: Literal["applied", "rejected"]
+    server_round: int = 0
+    update_norm: float = 0.0
+    reason: str = ""
+
+    def commit(self, queue: RequestQueue) -> None:
+        """Record the outcome in ``queue`` (requests no longer queued are left as they are)."""
+        queued = [
+            request_id
+            for request_id in self.request_ids
+            if (request := queue.get(request_id)) is not None and request.status == "queued"
+        ]
+        if not queued:
+            return
+        if self.status == "applied":
+            queue.mark_step_applied(queued, self.server_round, self.update_norm)
+        else:
+            for request_id in queued:
+                queue.mark_rejected(request_id, self.reason)
 
 
 @dataclass
@@ -115,7 +171,9 @@ class UnlearningStrategy(FedAvg):
         self.recovery_metric = recovery_metric
         self.events: list[UnlearningEvent] = []
         self.rounds: list[RoundRecord] = []
+        self.test_scores: list[tuple[int, float]] = []
         self.status = FederationStatus(
+            test_metric=recovery_metric,
             method=intake.default_method,
             methods_kept=self.kept,
             clients_excluded=tuple(sorted(directory.excluded, key=natural_order)),
@@ -124,6 +182,9 @@ class UnlearningStrategy(FedAvg):
         self._global: Arrays = {}
         self._plan = RoundPlan({})
         self._round_started = time.monotonic()
+        self._outcomes: list[QueueOutcome] = []
+        self.checkpoint: RoundEnd | None = None
+        """Saves the run's state at the end of each round outside a step (None: no checkpoints)."""
 
     @property
     def requests(self) -> RequestQueue:
@@ -170,6 +231,7 @@ class UnlearningStrategy(FedAvg):
             metrics = evaluate_fn(0, arrays)
             if metrics is not None:
                 result.evaluate_metrics_serverapp[0] = metrics
+                self._record_score(0, metrics)
         server_round = first_round
         while server_round <= num_rounds or self._active is not None:
             replies = grid.send_and_receive(
@@ -188,7 +250,10 @@ class UnlearningStrategy(FedAvg):
             metrics = evaluate_fn(server_round, arrays) if evaluate_fn else None
             if metrics is not None:
                 result.evaluate_metrics_serverapp[server_round] = metrics
-            if self._recovered(server_round, metrics):
+                self._record_score(server_round, metrics)
+            recovered = self._recovered(server_round, metrics)
+            self._end_round(server_round, arrays, recovered)
+            if recovered:
                 logger.info(
                     "Recovery complete after round %s: %s >= %.4f",
                     server_round,
@@ -199,6 +264,32 @@ class UnlearningStrategy(FedAvg):
             server_round += 1
         result.arrays = arrays
         return result
+
+    def _record_score(self, server_round: int, metrics: MetricRecord) -> None:
+        """Add the round's ``recovery_metric`` to the status (the live view's curve)."""
+        value = metrics.get(self.recovery_metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            self.test_scores.append((server_round, float(value)))
+            self.status = replace(self.status, test_scores=tuple(self.test_scores))
+
+    def _end_round(self, server_round: int, arrays: ArrayRecord, recovered: bool) -> None:
+        """Checkpoint (outside a step), then commit the round's request outcomes."""
+        if self._active is not None:
+            return  # mid-step: the checkpoint from before the step stands
+        if self.checkpoint is not None:
+            self.checkpoint(server_round, arrays, recovered)
+            for method in self.methods.values():
+                method.state_saved()
+        for outcome in self._outcomes:
+            outcome.commit(self.requests)
+        self._outcomes.clear()
+
+    def _decide(self, outcome: QueueOutcome) -> None:
+        """Commit an outcome now, or after the round's checkpoint if there is one."""
+        if self.checkpoint is None:
+            outcome.commit(self.requests)
+        else:
+            self._outcomes.append(outcome)
 
     def _recovered(self, server_round: int, metrics: MetricRecord | None) -> bool:
         if not (self.recovery_target > 0 and self.events and metrics is not None):
@@ -219,9 +310,11 @@ class UnlearningStrategy(FedAvg):
         """Identify new nodes, take the boundary's step, plan the round, build its messages."""
         self._round_started = time.monotonic()
         self._wait_for_nodes(grid)
-        self._identify_nodes(grid)
-        self._global = to_arrays(arrays)
         node_ids = list(grid.get_node_ids())
+        unknown = self.directory.unidentified(node_ids)
+        if len(unknown) <= IDENTIFY_ALL_MAX:
+            self._identify_nodes(grid, unknown)
+        self._global = to_arrays(arrays)
         online = self.directory.online(node_ids)
         if self._active is None:
             step = self.intake.take(server_round, self.directory, set(online))
@@ -240,9 +333,8 @@ class UnlearningStrategy(FedAvg):
             }
             phase, method_name = "unlearn", active.step.method
         else:
-            eligible = self.directory.eligible(node_ids)
-            count = max(int(len(eligible) * self.fraction_train), self.min_train_nodes)
-            chosen = self.directory.sample(eligible, count)
+            chosen = self._draw_trainers(grid, node_ids)
+            online = self.directory.online(node_ids)
             plan = RoundPlan(
                 self._global, dict.fromkeys(chosen, TRAIN_ACTION), epochs=self.local_epochs
             )
@@ -338,18 +430,19 @@ class UnlearningStrategy(FedAvg):
         return result.arrays
 
     def _complete(self, server_round: int, result: StepResult) -> None:
-        """Record a finished step: its requests applied (one commit), then its targets forgotten.
+        """Record a finished step: its requests applied (one commit), its targets forgotten.
 
-        The queue's commit comes first: it is what a restarted server reads (the
-        forgotten set is the applied requests' clients), so a crash leaves the
-        whole step recorded or none of it, never a part.
+        The queue's commit is one transaction (a crash leaves the whole step
+        recorded or none of it); with checkpoints it follows the round's
+        checkpoint, which records it (see the module docstring).
         """
         active = self._active
         assert active is not None
         step = active.step
         self._active = None
         norm = update_norm(active.model_before, result.arrays)
-        self.requests.mark_step_applied([r.request_id for r in step.requests], server_round, norm)
+        request_ids = tuple(r.request_id for r in step.requests)
+        self._decide(QueueOutcome(request_ids, "applied", server_round, norm))
         self.directory.forgotten.update(step.targets)
         for method in self.methods.values():  # no method keeps anything of a forgotten client
             method.forget(step.targets)
@@ -385,8 +478,8 @@ class UnlearningStrategy(FedAvg):
         active = self._active
         assert active is not None
         self._active = None
-        for request in active.step.requests:
-            self.requests.mark_rejected(request.request_id, reason)
+        request_ids = tuple(r.request_id for r in active.step.requests)
+        self._decide(QueueOutcome(request_ids, "rejected", reason=reason))
         logger.warning("Unlearning step in round %s failed: %s", server_round, reason)
         self.rounds[-1].phase = "recover" if self.events else "train"
         ordinary = [
@@ -398,6 +491,45 @@ class UnlearningStrategy(FedAvg):
         if active.index == 0 and ordinary and self._plan.arrays is self._global:
             return fedavg(self._global, ordinary)
         return active.model_before
+
+    # ----------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The state a checkpoint keeps (JSON values, arrays at the leaves).
+
+        Clients (node map, forgotten, sampling generator), every method's
+        state, the round records, the completed steps (without the model
+        before each: it holds the forgotten clients' contributions) and the
+        request outcomes this round decided. Taken between steps only.
+        """
+        if self._active is not None:
+            raise RuntimeError("a checkpoint is never taken during an unlearning step")
+        return {
+            "directory": self.directory.state_dict(),
+            "methods": {name: method.state_dict() for name, method in self.methods.items()},
+            "rounds": [asdict(record) for record in self.rounds],
+            "events": [event_state(event) for event in self.events],
+            "outcomes": [asdict(outcome) for outcome in self._outcomes],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Return to a checkpoint's state; commit the request outcomes it recorded.
+
+        Outcomes are committed only for requests still queued: the run that
+        wrote the checkpoint may have died before its own commit.
+        """
+        self.directory.load_state_dict(state["directory"])
+        for name, method_state in state["methods"].items():
+            if name in self.methods:
+                self.methods[name].load_state_dict(method_state)
+            elif method_state:
+                logger.warning("The checkpoint holds state of method %s, not registered now", name)
+        self.rounds = [RoundRecord(**record) for record in state["rounds"]]
+        self.events = [event_from_state(event) for event in state["events"]]
+        for saved in state["outcomes"]:
+            QueueOutcome(**{**saved, "request_ids": tuple(saved["request_ids"])}).commit(
+                self.requests
+            )
+        self._publish_status(self.rounds[-1].server_round if self.rounds else 0)
 
     # ------------------------------------------------------------ evaluation
     def configure_evaluate(
@@ -421,18 +553,52 @@ class UnlearningStrategy(FedAvg):
             logger.info("Waiting for at least %s nodes to connect", self.min_available_nodes)
             time.sleep(1.0)
 
-    def _identify_nodes(self, grid: Grid) -> None:
-        """Ask nodes not seen before for their client id."""
-        unknown = self.directory.unidentified(grid.get_node_ids())
-        if not unknown:
+    def _identify_nodes(self, grid: Grid, nodes: list[int], key_silent: bool = True) -> None:
+        """Ask ``nodes`` (not seen before) for their client id.
+
+        A node that does not answer within ``IDENTITY_QUERY_TIMEOUT_S`` is
+        keyed by its node id if ``key_silent``, else it stays new (and is
+        asked again the next time it is drawn).
+        """
+        if not nodes:
             return
         query = RecordDict({self.configrecord_key: ConfigRecord({"query": IDENTITY_RECORD})})
         replies = grid.send_and_receive(
-            self._construct_messages(query, unknown, "query"), timeout=IDENTITY_QUERY_TIMEOUT_S
+            self._construct_messages(query, nodes, "query"), timeout=IDENTITY_QUERY_TIMEOUT_S
         )
         for reply in replies:
             self.directory.learn(reply)
-        self.directory.assume_unreported(unknown)
+        if key_silent:
+            self.directory.assume_unreported(nodes)
+
+    def _draw_trainers(self, grid: Grid, node_ids: list[int]) -> list[str]:
+        """``fraction_train`` of the eligible online clients, asking only drawn new nodes.
+
+        Nodes not identified yet are drawn together with the eligible clients;
+        only the drawn ones are asked who they are, and one that turns out to
+        be forgotten, excluded or already drawn, or does not answer in time
+        (a slow start, e.g. the simulation's first round on a busy machine),
+        is replaced by another draw; a silent node is not trained, and is
+        asked again when it is drawn again. With every node identified this
+        is one seeded draw of client ids.
+        """
+        directory = self.directory
+        eligible = directory.eligible(node_ids)
+        new_nodes = sorted(directory.unidentified(node_ids))
+        pool = len(eligible) + len(new_nodes)
+        count = max(int(pool * self.fraction_train), self.min_train_nodes)
+        chosen: list[str] = []
+        while len(chosen) < count and (eligible or new_nodes):
+            clients, nodes = directory.draw(eligible, new_nodes, count - len(chosen))
+            self._identify_nodes(grid, nodes, key_silent=False)
+            usable = set(clients) | set(directory.eligible(nodes))
+            answered = [directory.node_clients[n] for n in nodes if n in directory.node_clients]
+            drawn = [*clients, *answered]
+            chosen += [c for c in dict.fromkeys(drawn) if c in usable and c not in chosen]
+            asked = set(nodes)
+            eligible = [c for c in eligible if c not in usable]
+            new_nodes = [node for node in new_nodes if node not in asked]
+        return sorted(chosen, key=natural_order)
 
     def _publish_status(self, server_round: int) -> None:
         """Replace the status snapshot the API reads."""
@@ -447,4 +613,6 @@ class UnlearningStrategy(FedAvg):
             clients_excluded=tuple(sorted(directory.excluded, key=natural_order)),
             stored_clients=len({c for m in kept for c in m.stored_clients()}),
             stored_bytes=sum(m.stored_bytes() for m in kept),
+            test_metric=self.recovery_metric,
+            test_scores=tuple(self.test_scores),
         )

@@ -80,10 +80,19 @@ def method_class(name: str) -> type[FederatedMethod]:
 
 
 def method_tables() -> dict[str, dict[str, object]]:
-    """Each config table with its keys' defaults (methods may share a table, e.g. ``puf``)."""
+    """Each config table with its keys' defaults (``puf``, ``centralised.ft``, ...).
+
+    Federated methods may share a table (PUF-Special and PUF-Regular share
+    ``puf``); each centralised method has its own, ``centralised.<name>``.
+    """
+    from fedforget.methods.centralised import centralised_class, centralised_names
+
     tables: dict[str, dict[str, object]] = {}
-    for name in method_names():
-        cls = method_class(name)
+    classes = [
+        *(method_class(name) for name in method_names()),
+        *(centralised_class(name) for name in centralised_names()),
+    ]
+    for cls in classes:
         if cls.defaults:
             tables.setdefault(cls.table, {}).update(cls.defaults)
     return tables

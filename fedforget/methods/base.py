@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from fedforget.arrays import Arrays
+from fedforget.state.store import InMemoryPseudoGradientStore, PseudoGradientStore
 
 if TYPE_CHECKING:  # the server-side arithmetic needs no torch; client steps bring it
     import torch
@@ -127,6 +128,9 @@ class MethodContext:
     """The model freshly initialised under another seed."""
     settings: Mapping[str, Mapping[str, ConfigValue]] = field(default_factory=dict)
     """The run config's values of each method table (what a method keeps may depend on them)."""
+    pseudo_gradient_store: Callable[[], PseudoGradientStore] = InMemoryPseudoGradientStore
+    """The store of a method that keeps each client's latest update (run config ``store``,
+    ``store-dtype``): a new in-memory store per call, or the run's one disk store."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,34 @@ class FederatedMethod(ABC):
         """Clients the method keeps something of."""
         return []
 
+    # ---------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """What the method keeps between steps, for the checkpoint (default: nothing).
+
+        JSON values (dict with str keys, list, str, int, float, bool, None) with
+        numpy arrays at any leaf. Checkpoints are taken only between steps, so
+        what a method holds during a step (MoDe's degradation model, FedEraser's
+        replay position) is not part of it: a crash during a step repeats the
+        step from the checkpoint taken before it. A method that keeps anything
+        across rounds (:meth:`observe`) must override this and :meth:`load_state_dict`.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Return to the state :meth:`state_dict` described (a resumed run)."""
+        if state:
+            raise ValueError(
+                f"{self.name} keeps no state, but the checkpoint holds some for it "
+                f"({', '.join(sorted(state))}): resume with the fedforget that wrote it"
+            )
+
+    def state_saved(self) -> None:  # noqa: B027 (optional hook)
+        """The checkpoint holding :meth:`state_dict` is durable (default: nothing to do).
+
+        A method whose state lives partly in files deletes here what the saved
+        state no longer names (PUF's disk store: a forgotten client's file).
+        """
+
 
 class TargetStepMethod(FederatedMethod):
     """A one-round step the targets compute with the method's client step.
@@ -302,8 +334,16 @@ def fedavg(sent: Arrays, updates: Sequence[ClientUpdate]) -> Arrays:
     return weighted_sum(sent, [(w, u.delta) for w, u in weights_by_examples(updates)])
 
 
+class Configurable(Protocol):
+    """A method class with settings: federated or centralised."""
+
+    name: ClassVar[str]
+    table: ClassVar[str]
+    defaults: ClassVar[Mapping[str, ConfigValue]]
+
+
 def method_settings(
-    method: type[FederatedMethod], overrides: Mapping[str, ConfigValue]
+    method: type[Configurable], overrides: Mapping[str, ConfigValue]
 ) -> dict[str, ConfigValue]:
     """The method's defaults with ``overrides`` (keys of its table) applied and type-checked.
 

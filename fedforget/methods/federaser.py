@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -52,7 +52,7 @@ from fedforget.methods.base import (
     UnlearningStep,
 )
 from fedforget.protocol import natural_order
-from fedforget.store import StoredPseudoGradient
+from fedforget.state.store import StoredPseudoGradient
 
 
 def calibrate(stored: Arrays, new: Arrays, per_layer: bool) -> Arrays:
@@ -311,3 +311,51 @@ class FedEraser(FederatedMethod):
         """Clients with an update in some retained round."""
         clients = {c for retained in self.history for c in retained.updates}
         return sorted(clients, key=natural_order)
+
+    # ---------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The history: each retained round's model and updates (arrays), and the interval."""
+        return {
+            "interval": self.interval,
+            "history": [
+                {
+                    "server_round": retained.server_round,
+                    "sent": retained.sent,
+                    "updates": {
+                        client_id: {
+                            "pseudo_gradient": update.pseudo_gradient,
+                            "num_examples": update.num_examples,
+                            "server_round": update.server_round,
+                        }
+                        for client_id, update in retained.updates.items()
+                    },
+                }
+                for retained in self.history
+            ],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the history (kept at the same interval)."""
+        if not state:
+            self.history = []
+            return
+        if int(state["interval"]) != self.interval:
+            raise ValueError(
+                f"the checkpoint's federaser history was kept every {state['interval']} rounds, "
+                f"this run keeps it every {self.interval}: resume with the same federaser.interval"
+            )
+        self.history = [
+            RetainedRound(
+                int(saved["server_round"]),
+                dict(saved["sent"]),
+                {
+                    client_id: StoredPseudoGradient(
+                        dict(update["pseudo_gradient"]),
+                        int(update["num_examples"]),
+                        int(update["server_round"]),
+                    )
+                    for client_id, update in saved["updates"].items()
+                },
+            )
+            for saved in state["history"]
+        ]

@@ -39,7 +39,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -345,6 +345,32 @@ class PGA(TargetStepMethod):
     def stored_clients(self) -> list[str]:
         """Clients with a stored local model."""
         return list(self.local_models)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each client's latest local model (arrays), example count and round."""
+        return {
+            "local_models": {
+                client_id: {
+                    "arrays": model.arrays,
+                    "num_examples": model.num_examples,
+                    "server_round": model.server_round,
+                    "round_examples": model.round_examples,
+                }
+                for client_id, model in self.local_models.items()
+            }
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the latest local models."""
+        self.local_models = {
+            client_id: LocalModel(
+                dict(saved["arrays"]),
+                int(saved["num_examples"]),
+                int(saved["server_round"]),
+                int(saved["round_examples"]),
+            )
+            for client_id, saved in state.get("local_models", {}).items()
+        }
 
     # --------------------------------------------------------------- helpers
     def _stored(self, targets: Sequence[str]) -> list[LocalModel]:

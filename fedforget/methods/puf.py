@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,7 +52,7 @@ from fedforget.methods.base import (
     StepResult,
     UnlearningStep,
 )
-from fedforget.store import InMemoryPseudoGradientStore, PseudoGradientStore, StoredPseudoGradient
+from fedforget.state.store import PseudoGradientStore, StoredEntryError, StoredPseudoGradient
 
 UNLEARN_MODES = ("special", "regular")
 PSEUDO_GRADIENT_SOURCES = ("stored", "fresh")
@@ -164,9 +164,7 @@ def _updated_array(
             (remaining_weights, remaining),
         ):
             for cid, weight in weights.items():
-                step += weight * np.asarray(
-                    contributions[cid].pseudo_gradient[name], np.float64
-                )
+                step += weight * np.asarray(contributions[cid].pseudo_gradient[name], np.float64)
     return (np.asarray(value, np.float64) + step).astype(value.dtype)
 
 
@@ -226,7 +224,7 @@ class _Puf(FederatedMethod):
 
     def __init__(self, context: MethodContext, store: PseudoGradientStore | None = None) -> None:
         super().__init__(context)
-        self.store: PseudoGradientStore = store or InMemoryPseudoGradientStore()
+        self.store: PseudoGradientStore = store or context.pseudo_gradient_store()
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:
@@ -263,11 +261,15 @@ class _Puf(FederatedMethod):
             )
 
     def refusal(self, targets: Sequence[str], settings: Mapping[str, ConfigValue]) -> str:
-        """A stored pseudo-gradient must exist for every target."""
+        """A readable stored pseudo-gradient must exist for every target."""
         if settings["source"] != "stored":
             return ""
         for client_id in targets:
-            if self.store.latest(client_id) is None:
+            try:
+                entry = self.store.latest(client_id)
+            except StoredEntryError as error:
+                return str(error)
+            if entry is None:
                 return (
                     f"client {client_id} has no stored pseudo-gradient yet: it has not "
                     f"completed a training round; use puf.source='fresh' or wait"
@@ -303,7 +305,10 @@ class _Puf(FederatedMethod):
                     update = by_client[client_id]
                     contributions[client_id] = Contribution(update.delta, update.num_examples)
             else:
-                entry = self.store.latest(client_id)
+                try:
+                    entry = self.store.latest(client_id)
+                except StoredEntryError as error:
+                    raise StepFailed(str(error)) from error
                 if entry is not None:
                     contributions[client_id] = Contribution(
                         entry.pseudo_gradient, entry.num_examples
@@ -342,6 +347,18 @@ class _Puf(FederatedMethod):
     def stored_clients(self) -> list[str]:
         """Clients with a stored pseudo-gradient."""
         return self.store.client_ids()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The store's state: its arrays (memory store) or its index (disk store)."""
+        return {"store": self.store.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the store."""
+        self.store.load_state_dict(state.get("store", {}))
+
+    def state_saved(self) -> None:
+        """Let the store delete the files the saved index no longer names."""
+        self.store.state_saved()
 
 
 class PufSpecial(_Puf):

@@ -1,0 +1,240 @@
+"""``fedforget report DIR``: ``report.md``, ``report.html`` and PNG figures from the results files.
+
+Everything is made from ``summary.json``, ``results-long.json`` and
+``curves.csv`` (written by the runner), never from models, so a committed
+results folder regenerates its report anywhere:
+
+* ``figures/recovery.png``: test score against rounds after the request, one
+  line per federated method (mean over target sets and seeds), the retrained
+  reference as a band (mean +- std);
+* ``figures/gaps.png``: per metric, each method's mean |value - retrained| with
+  the 95 % confidence interval of the paired delta;
+* ``figures/cost.png``: cost (wall seconds) against forgetting quality (mean
+  gap of forget accuracy), one point per method.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedforget.experiment.results import CURVES_CSV, LONG_JSON, SUMMARY_JSON
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+FIGURES_DIR = "figures"
+HEADLINE = ("test_acc", "forget_acc", "retain_acc", "mia_yeom")
+SEGMENTATION_HEADLINE = ("test_dice", "forget_dice", "retain_dice", "mia_yeom")
+
+
+def _load(out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    missing = [name for name in (SUMMARY_JSON, LONG_JSON) if not (out_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{out_dir} has no {', '.join(missing)}: run `fedforget experiment FILE --out "
+            f"{out_dir}` first"
+        )
+    summary = json.loads((out_dir / SUMMARY_JSON).read_text())
+    long = json.loads((out_dir / LONG_JSON).read_text())
+    curves_path = out_dir / CURVES_CSV
+    curves = []
+    if curves_path.is_file() and curves_path.stat().st_size:
+        with curves_path.open() as handle:
+            curves = list(csv.DictReader(handle))
+    return summary, long, curves
+
+
+def _headline(summary: list[dict[str, Any]]) -> tuple[str, ...]:
+    metrics = {s["metric"] for s in summary}
+    chosen = SEGMENTATION_HEADLINE if "test_dice" in metrics else HEADLINE
+    extra = sorted(
+        m for m in metrics if m.startswith(("svc_mia", "kl_", "js_", "u_lira", "average_gap"))
+    )
+    return tuple(m for m in (*chosen, *extra) if m in metrics)
+
+
+def _label(row: dict[str, Any]) -> str:
+    return row["method"] if row["kind"] == "federated" else f"{row['method']} (c)"
+
+
+def _cell(s: dict[str, Any]) -> str:
+    text = f"{s['mean']:.3f} ± {s['std']:.3f}"
+    if s["gap_mean"] is not None and s["method"] != "retrain":
+        text += f" (Δ {s['delta_mean']:+.3f}"
+        if s["delta_ci_low"] is not None:
+            text += f" [{s['delta_ci_low']:+.3f}, {s['delta_ci_high']:+.3f}]"
+        text += ")"
+    return text
+
+
+def tables(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The report's main table: one row per method, mean ± std (Δ to retrain [95 % CI])."""
+    metrics = _headline(summary)
+    by_method: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for s in summary:
+        by_method[(s["kind"], s["method"])][s["metric"]] = s
+    header = ["method", "n", "forget size", *metrics, "wall s", "recovery rounds"]
+    order = {"original": 0, "retrain": 1}
+    keys = sorted(by_method, key=lambda k: (k[0] != "federated", order.get(k[1], 2), k[1]))
+    rows = []
+    for kind, method in keys:
+        entries = by_method[(kind, method)]
+        any_entry = next(iter(entries.values()))
+        wall = entries.get("cost_wall_s")
+        recovery = entries.get("recovery_rounds")
+        rows.append(
+            [
+                _label({"kind": kind, "method": method}),
+                str(any_entry["n"]),
+                f"{any_entry['forget_size']:.0f}",
+                *(_cell(entries[m]) if m in entries else "" for m in metrics),
+                f"{wall['mean']:.1f}" if wall else "",
+                f"{recovery['mean']:.1f} ± {recovery['std']:.1f}" if recovery else "",
+            ]
+        )
+    return header, rows
+
+
+def _figures(
+    out_dir: Path, summary: list[dict[str, Any]], curves: list[dict[str, Any]]
+) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = out_dir / FIGURES_DIR
+    folder.mkdir(exist_ok=True)
+    made: list[tuple[str, str]] = []
+    score = next((k for k in (curves[0] if curves else {}) if k.startswith("test_")), "")
+    retrain = [s for s in summary if s["method"] == "retrain" and s["metric"] == score]
+    if curves and score:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        by_method: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for point in curves:
+            if point.get(score) not in ("", None):
+                by_method[point["method"]][int(point["after"])].append(float(point[score]))
+        for method, points in sorted(by_method.items()):
+            rounds = sorted(points)
+            ax.plot(rounds, [np.mean(points[r]) for r in rounds], marker=".", label=method)
+        if retrain:
+            mean, std = retrain[0]["mean"], retrain[0]["std"]
+            ax.axhspan(mean - std, mean + std, color="grey", alpha=0.25, label="retrained ± std")
+            ax.axhline(mean, color="grey", lw=1)
+        ax.set_xlabel("rounds after the unlearning request")
+        ax.set_ylabel(score.replace("_", " "))
+        ax.set_title("Recovery: mean over target sets and seeds")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(folder / "recovery.png", dpi=110)
+        plt.close(fig)
+        made.append(("Recovery after the request", f"{FIGURES_DIR}/recovery.png"))
+
+    metrics = [m for m in _headline(summary) if m != "test_loss"]
+    gap_rows = [s for s in summary if s["gap_mean"] is not None and s["method"] != "retrain"]
+    if metrics and gap_rows:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4.2), sharey=False)
+        for ax, metric in zip(np.atleast_1d(axes), metrics, strict=False):
+            rows = [s for s in gap_rows if s["metric"] == metric]
+            labels = [_label(s) for s in rows]
+            means = [abs(s["delta_mean"]) for s in rows]
+            errors = [
+                (s["delta_ci_high"] - s["delta_ci_low"]) / 2 if s["delta_ci_low"] is not None else 0
+                for s in rows
+            ]
+            ax.barh(labels, means, xerr=errors, color="tab:blue", alpha=0.8)
+            ax.set_title(metric.replace("_", " "), fontsize=9)
+            ax.set_xlabel("|mean Δ to retrain| (95 % CI)", fontsize=8)
+            ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "gaps.png", dpi=110)
+        plt.close(fig)
+        made.append(("Gaps to the retrained model", f"{FIGURES_DIR}/gaps.png"))
+
+    quality = "forget_acc" if any(s["metric"] == "forget_acc" for s in summary) else "forget_dice"
+    points = []
+    for s in summary:
+        if s["metric"] != quality or s["gap_mean"] is None or s["method"] == "retrain":
+            continue
+        wall = next(
+            (
+                w["mean"]
+                for w in summary
+                if w["kind"] == s["kind"]
+                and w["method"] == s["method"]
+                and w["metric"] == "cost_wall_s"
+            ),
+            None,
+        )
+        if wall is not None:
+            points.append((_label(s), wall, s["gap_mean"]))
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for label, wall, gap in points:
+            ax.scatter(wall, gap)
+            ax.annotate(label, (wall, gap), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("wall seconds of the method (after the original)")
+        ax.set_ylabel(f"mean |{quality} - retrained|")
+        ax.set_title("Cost against forgetting quality (lower left is better)")
+        fig.tight_layout()
+        fig.savefig(folder / "cost.png", dpi=110)
+        plt.close(fig)
+        made.append(("Cost against forgetting quality", f"{FIGURES_DIR}/cost.png"))
+    return made
+
+
+def write_report(out_dir: Path) -> list[Path]:
+    """Write ``report.md``, ``report.html`` and the figures; return the files written."""
+    summary, long, curves = _load(out_dir)
+    header, rows = tables(summary)
+    figures = _figures(out_dir, summary, curves)
+    seeds = sorted({r["seed"] for r in long})
+    targets = sorted({r["targets"] for r in long})
+    intro = (
+        f"{len(targets)} target set(s) x {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). "
+        "Each cell is mean ± std over target sets and seeds; Δ is the mean signed difference "
+        "to the retrained model of the same target set and seed, with its 95 % confidence "
+        "interval (Student t over the paired differences); (c) marks centralised methods. "
+        "MIA values are the fraction of forget examples predicted member (ideal: the "
+        "retrained model's). The original row's Δ shows how much there was to forget."
+    )
+    markdown = [f"# Experiment report: {out_dir.name}", "", intro, ""]
+    markdown.append("| " + " | ".join(header) + " |")
+    markdown.append("|" + "---|" * len(header))
+    markdown += ["| " + " | ".join(row) + " |" for row in rows]
+    for title, path in figures:
+        markdown += ["", f"## {title}", "", f"![{title}]({path})"]
+    (out_dir / REPORT_MD).write_text("\n".join(markdown) + "\n")
+
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    images = "".join(
+        f"<h2>{html.escape(t)}</h2><img src='{html.escape(p)}' alt='{html.escape(t)}'>"
+        for t, p in figures
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(out_dir.name)}</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+        "padding:3px 6px;text-align:right}td:first-child{text-align:left}img{max-width:100%}"
+        "</style></head><body>"
+        f"<h1>Experiment report: {html.escape(out_dir.name)}</h1><p>{html.escape(intro)}</p>"
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        + f"</tr>{cells}</table>{images}</body></html>"
+    )
+    (out_dir / REPORT_HTML).write_text(page)
+    return [
+        out_dir / REPORT_MD,
+        out_dir / REPORT_HTML,
+        *(out_dir / path for _, path in figures),
+    ]

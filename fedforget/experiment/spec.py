@@ -1,0 +1,145 @@
+"""An experiment file: the federation, the methods, what to forget, the seeds.
+
+One TOML file per experiment in ``experiments/``::
+
+    [experiment]
+    methods = ["puf-special", "federaser"]   # federated methods ("all" for every one)
+    centralised = ["ft", "ga"]               # centralised methods ("all"; [] for none)
+    targets = "each"                         # every client in turn, or [["0"], ["0", "5"]]
+    seeds = [0, 1, 2]
+    recovery-stop = "retrain-acc"            # or "budget"
+    scenario = "client"                      # or "random" / "class" (centralised rows only)
+
+    [config]                                 # run-config keys, as in --run-config
+    dataset = "digits"
+    num-server-rounds = 70
+    [config.puf]
+    eta-special = 2.0
+
+Cells are (method, target set, seed): the original federation is trained
+once per seed, the retrained reference once per (target set, seed).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedforget.config import ConfigError, FederationConfig
+
+RECOVERY_STOPS = ("retrain-acc", "budget")
+EXPERIMENT_KEYS = ("methods", "centralised", "targets", "seeds", "recovery-stop", "scenario")
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A parsed experiment file."""
+
+    name: str
+    config: FederationConfig
+    methods: tuple[str, ...]
+    centralised: tuple[str, ...]
+    target_sets: tuple[tuple[str, ...], ...]
+    seeds: tuple[int, ...]
+    recovery_stop: str = "retrain-acc"
+
+    def cell_config(self, targets: tuple[str, ...], seed: int) -> FederationConfig:
+        """The run config of one (target set, seed)."""
+        return self.config.replace(unlearn_clients=",".join(targets), seed=seed)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _names(value: Any, key: str, registered: list[str]) -> tuple[str, ...]:
+    if value == "all":
+        return tuple(registered)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f'[experiment] {key} must be "all" or a list of names, got {value!r}')
+    unknown = [v for v in value if v not in registered]
+    if unknown:
+        raise ConfigError(
+            f"[experiment] {key} names unknown method(s) {', '.join(unknown)}; registered: "
+            f"{', '.join(registered)}"
+        )
+    return tuple(dict.fromkeys(value))
+
+
+def _target_sets(value: Any, config: FederationConfig) -> tuple[tuple[str, ...], ...]:
+    clients = [
+        c for c in (str(i) for i in range(config.num_partitions)) if c not in config.excluded
+    ]
+    if value == "each":
+        return tuple((c,) for c in clients)
+    if not isinstance(value, list) or not value or not all(isinstance(v, list) for v in value):
+        raise ConfigError(
+            '[experiment] targets must be "each" (every client in turn) or a list of client-id '
+            f'lists such as [["0"], ["0", "5"]], got {value!r}'
+        )
+    sets = tuple(tuple(str(c) for c in v) for v in value)
+    for targets in sets:
+        unknown = [c for c in targets if c not in clients]
+        if not targets or unknown:
+            raise ConfigError(
+                f"[experiment] targets {list(targets)} must name clients of 0.."
+                f"{config.num_partitions - 1} that are not excluded"
+            )
+    return sets
+
+
+def load_experiment(path: Path) -> ExperimentSpec:
+    """Parse and check an experiment file; errors name the key and say what to write."""
+    from fedforget.methods import method_names
+    from fedforget.methods.centralised import centralised_names
+
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file {path} does not exist")
+    try:
+        document = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from error
+    experiment = document.get("experiment")
+    if not isinstance(experiment, dict):
+        raise ConfigError(f"{path} has no [experiment] table: see experiments/digits-each.toml")
+    unknown = sorted(set(experiment) - set(EXPERIMENT_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown [experiment] key(s) {', '.join(unknown)}; valid: {', '.join(EXPERIMENT_KEYS)}"
+        )
+    settings = _flatten(document.get("config", {}))
+    scenario = experiment.get("scenario", "client")
+    settings["forget-scenario"] = scenario
+    config = FederationConfig.from_run_config(settings)
+    if not config.unlearn_at_round:
+        raise ConfigError("[config] unlearn-at-round must be > 0: the round after which to forget")
+    seeds = experiment.get("seeds", [config.seed])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"[experiment] seeds must be a non-empty list of integers, got {seeds!r}")
+    recovery_stop = experiment.get("recovery-stop", "retrain-acc")
+    if recovery_stop not in RECOVERY_STOPS:
+        raise ConfigError(f"[experiment] recovery-stop must be one of {', '.join(RECOVERY_STOPS)}")
+    federated = [m for m in method_names() if m != "retrain"]
+    methods = _names(experiment.get("methods", "all"), "methods", federated)
+    centralised = _names(experiment.get("centralised", "all"), "centralised", centralised_names())
+    if scenario == "client":
+        targets = _target_sets(experiment.get("targets", "each"), config)
+    else:
+        targets = ((),)  # the forget set is the scenario's, the same for every cell
+    return ExperimentSpec(
+        name=path.stem,
+        config=config,
+        methods=methods if scenario == "client" else (),
+        centralised=centralised,
+        target_sets=targets,
+        seeds=tuple(dict.fromkeys(seeds)),
+        recovery_stop=recovery_stop,
+    )

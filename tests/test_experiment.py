@@ -1,0 +1,177 @@
+"""`fedforget experiment` and `fedforget report`: cells, resume, aggregation, the report files."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedforget.config import ConfigError
+from fedforget.experiment.report import write_report
+from fedforget.experiment.results import long_rows, summarise, write_experiment_results
+from fedforget.experiment.runner import CellKey, read_cells, run_experiment
+from fedforget.experiment.spec import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = """
+[experiment]
+methods = ["puf-special"]
+centralised = ["ft"]
+targets = [["0"], ["1"]]
+seeds = [0]
+
+[config]
+num-partitions = 3
+num-server-rounds = 4
+unlearn-at-round = 2
+local-epochs = 1
+progress = false
+"""
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("experiment")
+    spec = folder / "small.toml"
+    spec.write_text(SMALL)
+    out = folder / "out"
+    computed = run_experiment(spec, out, progress=False)
+    return spec, out, computed
+
+
+def test_every_cell_runs_once_and_becomes_rows(first_run):
+    _, out, computed = first_run
+    names = sorted((k.kind, k.method, k.targets) for k in computed)
+    expected = sorted(
+        [
+            (kind, m, (t,))
+            for t in "01"
+            for kind, m in (
+                ("federated", "retrain"),
+                ("federated", "original"),
+                ("federated", "puf-special"),
+                ("centralised", "ft"),
+            )
+        ]
+    )
+    assert names == expected
+    cells = list(read_cells(out))
+    assert len(cells) == 8 and all(c["status"] == "ok" for c in cells)
+    for cell in cells:
+        assert cell["forget_size"] > 0 and 0 <= cell["forget_acc"] <= 1
+    puf = [c for c in cells if c["method"] == "puf-special"]
+    assert all(c["curve"] and c["curve"][0]["after"] == 1 for c in puf)
+    long = json.loads((out / "results-long.json").read_text())
+    assert {r["metric"] for r in long} >= {"test_acc", "forget_acc", "mia_yeom", "cost_wall_s"}
+    assert (out / "summary.csv").is_file() and (out / "curves.csv").is_file()
+
+
+def test_an_interrupted_run_computes_only_the_missing_cells(first_run):
+    spec, out, _ = first_run
+    gone = [
+        CellKey("federated", "puf-special", ("1",), 0),
+        CellKey("centralised", "ft", ("0",), 0),
+    ]
+    kept = CellKey("federated", "puf-special", ("0",), 0).path(out)
+    before = kept.stat().st_mtime_ns
+    for key in gone:
+        key.path(out).unlink()
+    computed = run_experiment(spec, out, progress=False)
+    assert sorted(computed, key=str) == sorted(gone, key=str)
+    assert kept.stat().st_mtime_ns == before
+    assert run_experiment(spec, out, progress=False) == []
+
+
+def test_a_different_file_for_the_same_results_is_refused(first_run, tmp_path):
+    _, out, _ = first_run
+    other = tmp_path / "other.toml"
+    other.write_text(SMALL.replace("seeds = [0]", "seeds = [0, 1]"))
+    with pytest.raises(ConfigError, match="different experiment file"):
+        run_experiment(other, out, progress=False)
+
+
+def test_experiment_files_are_checked(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SMALL.replace('targets = [["0"], ["1"]]', 'targets = [["7"]]'))
+    with pytest.raises(ConfigError, match="must name clients"):
+        load_experiment(bad)
+    bad.write_text(SMALL.replace("seeds = [0]", "seeds = [0]\nrepeats = 3"))
+    with pytest.raises(ConfigError, match="unknown \\[experiment\\] key"):
+        load_experiment(bad)
+    each = tmp_path / "each.toml"
+    each.write_text(SMALL.replace('targets = [["0"], ["1"]]', 'targets = "each"'))
+    assert load_experiment(each).target_sets == (("0",), ("1",), ("2",))
+
+
+def _cell(method: str, targets: str, seed: int, forget_acc: float, kind: str = "federated"):
+    return {
+        "kind": kind,
+        "method": method,
+        "status": "ok",
+        "targets": [targets],
+        "seed": seed,
+        "forget_size": 10,
+        "forget_acc": forget_acc,
+        "cost": {"wall_s": 2.0},
+    }
+
+
+def test_aggregation_mean_std_and_paired_confidence_interval():
+    cells = [
+        _cell("retrain", "0", 0, 0.5),
+        _cell("retrain", "1", 0, 0.7),
+        _cell("retrain", "0", 1, 0.6),
+        _cell("puf-special", "0", 0, 0.6),
+        _cell("puf-special", "1", 0, 0.9),
+        _cell("puf-special", "0", 1, 0.6),
+    ]
+    summary = {(s.method, s.metric): s for s in summarise(long_rows(cells))}
+    puf = summary[("puf-special", "forget_acc")]
+    assert puf.n == 3 and puf.mean == pytest.approx(0.7)
+    assert puf.std == pytest.approx(math.sqrt(((0.1) ** 2 + 0.2**2 + 0.1**2) / 2))
+    deltas = [0.1, 0.2, 0.0]  # paired with retrain of the same targets and seed
+    assert puf.delta_mean == pytest.approx(0.1)
+    assert puf.gap_mean == pytest.approx(0.1)
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert puf.delta_ci_low == pytest.approx(0.1 - half)
+    assert puf.delta_ci_high == pytest.approx(0.1 + half)
+    assert sum(deltas) / 3 == pytest.approx(puf.delta_mean)
+    assert summary[("puf-special", "cost_wall_s")].delta_mean is None
+    assert summary[("retrain", "forget_acc")].delta_mean == 0.0
+
+
+def test_report_writes_every_file_from_a_small_results_file(tmp_path):
+    cells = [
+        _cell("retrain", "0", 0, 0.5),
+        _cell("retrain", "1", 0, 0.7),
+        {**_cell("puf-special", "0", 0, 0.6), "curve": [{"after": 1, "test_acc": 0.8}]},
+        {**_cell("puf-special", "1", 0, 0.9), "curve": [{"after": 1, "test_acc": 0.9}]},
+        _cell("ft", "0", 0, 0.4, kind="centralised"),
+        _cell("ft", "1", 0, 0.5, kind="centralised"),
+    ]
+    write_experiment_results(tmp_path, cells)
+    written = write_report(tmp_path)
+    names = {p.name for p in written}
+    assert names == {"report.md", "report.html", "recovery.png", "gaps.png", "cost.png"}
+    for path in written:
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == PNG
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| ft (c) |" in markdown and "puf-special" in markdown
+    assert "0.750 ± 0.212 (Δ +0.150" in markdown  # puf-special: mean 0.75, Δ (0.1 + 0.2) / 2
+
+
+def test_report_without_results_says_what_to_run(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "fedforget.cli", "report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "fedforget experiment" in done.stderr
