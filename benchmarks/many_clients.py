@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -386,7 +387,10 @@ def run_one(
         save(rounds_wall_s=round(wall, 2), rss_server_end_mib=memory_mib()[0])
         return {}
 
-    simulate_app(server_main, clients, num_cpus=os.cpu_count() or 2)
+    try:
+        simulate_app(server_main, clients, num_cpus=os.cpu_count() or 2)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
     sampler.stop()
     save(completed=True, total_s=round(time.monotonic() - started, 2))
 

@@ -58,7 +58,9 @@ def test_main_job_writes_results_json_and_csv(tmp_path):
     assert all("0" not in r["participants"] for r in results["history"] if r["run"] == "retrain")
     assert all("0" not in r["participants"] for r in puf_rounds[3:])
     lines = (out / "methods.csv").read_text().splitlines()
-    assert lines[0].startswith("method,status,test_acc,forget_acc,retain_acc,mia_yeom")
+    assert lines[0].startswith(
+        "method,kind,status,forget_size,test_acc,forget_acc,retain_acc,mia_yeom"
+    )
     gap = abs(rows["original"]["forget_acc"] - rows["retrain"]["forget_acc"])
     header = lines[0].split(",")
     original = dict(zip(header, lines[1].split(","), strict=True))
