@@ -16,8 +16,9 @@ are drawn at random):
   resubmitted after the restart with the same idempotency key);
 * ``mid-round``: a moment (0.05-0.5 s) after the API's status shows a round
   has started;
-* ``random-time``: a uniformly random moment after the start (it can land in
-  Ray's start-up, before the API is up, or anywhere later);
+* ``random-time``: a uniformly random moment within a typical run (2-90 %
+  of the median time of the runs that ended by themselves so far): it can
+  land in Ray's start-up, before the API is up, or anywhere later;
 * ``checkpoint-write``, ``after-checkpoint``, ``puf-step``, ``store-write``
   (disk store only): the job pauses at that point (half of the new
   checkpoint written; checkpoint durable but the round's request outcomes not
@@ -64,9 +65,13 @@ run that exits with an error; a run over 420 s) is killed the same way,
 restarted, and reported in ``failed_launches``; its planned kill moves to the
 next run.
 
-The benchmark stops starting trials when the next one would not fit in
-``--budget-s`` (trials in flight finish, with their remaining kills dropped)
-and reports how many ran.
+Trials run ``--parallel`` at a time, each run with its own Ray instance,
+beside the one simulation of the baselines. The benchmark stops starting
+trials when the next one would not fit in ``--budget-s`` (trials in flight
+finish, with their remaining kills dropped) and reports how many ran. The
+record (``--out``) is rewritten after every trial with ``"complete": false``,
+so a benchmark stopped by SIGTERM or Ctrl-C (which kills its process groups
+and stops) leaves the trials it finished.
 
     python benchmarks/fault_trials.py --trials 50 --budget-s 1500 --out benchmarks/results
 """
@@ -133,7 +138,13 @@ RUNTIME_CRASHED = b"Simulation Runtime crashed"
 GROUP_EXIT_TIMEOUT_S = 15.0
 BASELINE_TIMEOUT_S = 900.0
 FIRST_TRIAL_ESTIMATE_S = 150.0
-RANDOM_KILL_WINDOW_S = (2.0, 75.0)
+RANDOM_KILL_SHARE = (0.02, 0.9)
+"""A random-time kill lands at this share (drawn uniformly) of a typical whole run."""
+TYPICAL_RUN_S = 60.0
+"""A typical whole run until the first runs of this benchmark have been timed."""
+WHOLE_RUNS_S: list[float] = []
+"""Wall seconds of the runs that ended by themselves (the machine's pace now; resumed runs
+are shorter than whole ones, so a random kill lands early rather than after the end)."""
 RESUBMIT_SHARE = 0.3
 API_TIMEOUT_S = 10.0
 STOP = threading.Event()
@@ -184,11 +195,17 @@ class Submission:
 
 @dataclass
 class Kill:
-    """A planned kill: its moment and the round (or delay) that triggers it."""
+    """A planned kill: its moment and the round (or delay) that triggers it.
+
+    A random-time kill has a ``share`` of a typical whole run (timed while the
+    benchmark runs, so that the kill lands within a run however loaded the
+    machine is); its ``delay_s`` is set when its run starts.
+    """
 
     moment: str
     round: int = 0
     delay_s: float = 0.0
+    share: float = 0.0
 
 
 @dataclass
@@ -411,7 +428,7 @@ class Trial:
     def _kill(self, moment: str) -> Kill:
         rounds = self.settings.rounds
         if moment == "random-time":
-            return Kill(moment, delay_s=round(self.rng.uniform(*RANDOM_KILL_WINDOW_S), 2))
+            return Kill(moment, share=round(self.rng.uniform(*RANDOM_KILL_SHARE), 3))
         if moment == "after-202":
             return Kill(moment, round=self.rng.randint(1, self.last_submit_round))
         if moment == "mid-round":
@@ -494,6 +511,9 @@ class Trial:
             if kill and kill.moment in HOOKED
             else "",
         }
+        if kill is not None and kill.moment == "random-time":
+            typical = statistics.median(WHOLE_RUNS_S[-20:]) if WHOLE_RUNS_S else TYPICAL_RUN_S
+            kill.delay_s = round(kill.share * typical, 2)
         started = time.monotonic()
         with (self.folder / f"launch-{launch.index}.log").open("ab") as log:
             process = subprocess.Popen(
@@ -530,6 +550,8 @@ class Trial:
                 LIVE.discard(process)
         launch.exit_code = process.returncode
         launch.wall_s = round(time.monotonic() - started, 2)
+        if not launch.killed and launch.exit_code == 0:
+            WHOLE_RUNS_S.append(launch.wall_s)  # a run that went to the end (some resumed)
         if not launch.killed and not launch.failed and launch.exit_code != 0:
             launch.failed = f"the run exited with {launch.exit_code}"
             killed_at = time.time()
@@ -1074,6 +1096,9 @@ def totals(records: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         "applied_twice": total("applied_twice"),
         "audit_mismatches": total("audit_mismatches"),
         "forgotten_back": total("forgotten_back"),
+        "restarts_with_forgotten_clients": sum(
+            bool(x["forgotten_at_start"]) for r in done for x in r["launches"]
+        ),
         "forgotten_data_left": total("forgotten_data_left"),
         "history_not_ok": sum(not r.get("history_rounds_ok", True) for r in done),
         "resubmissions": total("resubmissions"),
