@@ -7,8 +7,9 @@ Three runs of the digits federation with N clients (the configuration of
   (:mod:`fedforget.deploy`, with its latency settings), the real ServerApp and
   ClientApp, the data cache prepared beforehand;
 * ``floor``: the same deployment and ServerApp, with a ClientApp that imports
-  only what training needs (torch) and returns the received model at once:
-  what a round costs before any training;
+  only what training needs (torch, and ``torch._dynamo``, which every
+  ``torch.optim`` step imports) and returns the received model at once: what
+  a round costs before any training;
 * ``simulated``: Flower's Ray backend in one process (``fedforget.simulation``).
 
 The ClientApp and the ServerApp's grid write wall-clock timestamps
@@ -50,7 +51,7 @@ from record import report
 
 from fedforget.config import FederationConfig
 from fedforget.deploy import TASK_POLL_INTERVAL_S, LocalDeployment, running
-from fedforget.grid import REPLY_POLL_INTERVAL_S, PromptGrid
+from fedforget.grid import REPLY_POLL_INTERVAL_S, SIMULATION_REPLY_POLL_INTERVAL_S
 from fedforget.timing import TIMING_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,10 @@ def train(message, context):
     server_round = int(message.content["config"]["server-round"])
     about = {"partition": context.node_config["partition-id"], "round": server_round}
     with timing.phases("train", **about) as mark:
-        import torch  # noqa: F401  (what training needs, imported where fedforget's is)
+        # what training needs, imported where fedforget's is: torch, and torch._dynamo, which
+        # every torch.optim step imports (the replica's top_level_packages_first_loaded_by_training)
+        import torch  # noqa: F401
+        import torch._dynamo  # noqa: F401
 
         mark("imports")
         content = RecordDict(
@@ -121,7 +125,10 @@ content = RecordDict({
 message = Message(content, dst_node_id=1, message_type="train")
 node = {"partition-id": 0, "num-partitions": config.num_partitions}
 context = Context(1, 1, node, RecordDict(), {})
+by_train = set(sys.modules)
 t = time.perf_counter(); reply = client_app.app(message, context); handler = time.perf_counter() - t
+t = time.perf_counter(); client_app.app(message, context); warm = time.perf_counter() - t
+loaded_by_training = sorted({m.split(".")[0] for m in set(sys.modules) - by_train})
 t = time.perf_counter(); ArrayRecord(model.state_dict()); to_record = time.perf_counter() - t
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 t = time.perf_counter()
@@ -136,6 +143,8 @@ print(json.dumps({
     "task_code_import_s": task_code - app_module,
     "data_cache_read_s": data,
     "train_handler_s": handler,
+    "train_handler_again_s": warm,
+    "top_level_packages_first_loaded_by_training": loaded_by_training,
     "state_dict_to_arrayrecord_s": to_record,
     "reply_deflate_s": deflate,
     "reply_bytes": payload,
@@ -298,8 +307,7 @@ def deployed_run(
 def simulated_run(work: Path, config: FederationConfig) -> list[dict[str, Any]]:
     """Run the federation on the Ray backend; return its timing records.
 
-    The grid is wrapped in :class:`PromptGrid` (polling every 0.01 s, as the
-    simulation's own grid does here) so that it logs its pushes.
+    The simulation's grid is a :class:`PromptGrid`, which logs its pushes.
     """
     from fedforget.federated.federation import run_federation
     from fedforget.simulation import simulate_app
@@ -307,7 +315,7 @@ def simulated_run(work: Path, config: FederationConfig) -> list[dict[str, Any]]:
     log = work / "simulated-timing.jsonl"
     with environment(**{TIMING_ENV: str(log)}):
         simulate_app(
-            lambda grid: run_federation(PromptGrid(grid, 0.01), config),
+            lambda grid: run_federation(grid, config),
             config.num_partitions,
         )
     return read_log(log)
@@ -407,6 +415,7 @@ def main() -> None:
         "settings": {
             "superexec_task_poll_interval_s": TASK_POLL_INTERVAL_S,
             "grid_reply_poll_interval_s": REPLY_POLL_INTERVAL_S,
+            "simulation_grid_reply_poll_interval_s": SIMULATION_REPLY_POLL_INTERVAL_S,
             "supernode_fleet_poll_s": "3 (Flower 1.42, fixed)",
             "clientapp_threads": max(1, (os.cpu_count() or 1) // args.clients),
         },

@@ -1201,9 +1201,7 @@ def benchmark_record(
     )
     control = next((trial for trial in finished if trial.control), None)
     records = [trial.record() for trial in finished if not trial.control]
-    command = "nice -n 5 .venv/bin/python benchmarks/fault_trials.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:]
-    )
+    command = "python benchmarks/fault_trials.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return {
         "command": command,
         "complete": complete,

@@ -402,7 +402,9 @@ def centralised_cell(
 ) -> tuple[dict[str, Any], nn.Module | None]:
     """One centralised method unlearning ``data``'s forget set from ``original``: row, model.
 
-    The model is None when the method refuses the scenario (the row says why).
+    The model is None when the method refuses the scenario or diverges (a
+    loss that is not finite): the row is ``refused`` with the reason, as a
+    federated step that is not finite is, and the other cells go on.
     """
     cls = centralised_class(name)
     reason = cls.refusal(data.scenario, data.task)
@@ -410,7 +412,11 @@ def centralised_cell(
         return refused_row(config, name, reason, kind="centralised"), None
     settings = cls.settings(config.settings_of(cls.table))
     started = time.monotonic()
-    outcome = cls().unlearn(model_with(config, original), data, settings)
+    try:
+        outcome = cls().unlearn(model_with(config, original), data, settings)
+    except FloatingPointError as error:
+        reason = f"diverged: {error} ({cls.table}.*)"
+        return refused_row(config, name, reason, kind="centralised"), None
     cost = {
         "forget_epochs": round(outcome.forget_epochs, 3),
         "retain_epochs": round(outcome.retain_epochs, 3),

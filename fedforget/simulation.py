@@ -248,6 +248,7 @@ def simulate_app(
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
+    from fedforget.grid import SIMULATION_REPLY_POLL_INTERVAL_S, PromptGrid
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -260,7 +261,8 @@ def simulate_app(
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            outcome["value"] = server_main(grid)
+            # replies are collected every 0.01 s, not every 0.1 s (fedforget.grid)
+            outcome["value"] = server_main(PromptGrid(grid, SIMULATION_REPLY_POLL_INTERVAL_S))
         except BaseException as error:
             failure.append(error)
             raise

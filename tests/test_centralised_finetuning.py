@@ -428,3 +428,24 @@ def test_retain_methods_serve_segmentation() -> None:
         outcome = run(name, original, data, lr=0.1, **{"batch-size": 8})
         assert mean_loss(outcome.model, data.retain_x, data.retain_y, "segmentation") < before
     assert "classification" in centralised_class("salun").refusal("client", "segmentation")
+
+
+def test_a_diverging_method_is_a_refused_row_and_the_others_go_on():
+    """A centralised cell whose loss stops being finite is refused with the reason, not raised."""
+    from fedforget.comparison import centralised_cell, unlearning_data
+    from fedforget.config import FederationConfig
+    from fedforget.task import new_model
+
+    torch.set_num_threads(1)
+    config = FederationConfig.from_run_config(
+        {"num-partitions": 3, "model": "mlp", "centralised.ft.lr": 1e12, "progress": False}
+    )
+    original = {k: v.numpy() for k, v in new_model(config).state_dict().items()}
+    data = unlearning_data(config)
+    row, model = centralised_cell(config, original, "ft", data)
+    assert model is None and row["status"] == "refused" and row["kind"] == "centralised"
+    assert row["reason"].startswith("diverged: the unlearning loss became ")
+    assert "lower the learning rate" in row["reason"] and "centralised.ft" in row["reason"]
+    # the next cell of the same experiment still runs
+    row, model = centralised_cell(config, original, "iu", data)
+    assert row["status"] == "ok" and model is not None

@@ -153,6 +153,11 @@ def test_report_writes_every_file_from_a_small_results_file(tmp_path):
         {**_cell("puf-special", "1", 0, 0.9), "curve": [{"after": 1, "test_acc": 0.9}]},
         _cell("ft", "0", 0, 0.4, kind="centralised"),
         _cell("ft", "1", 0, 0.5, kind="centralised"),
+        {
+            **_cell("scrub", "1", 0, 0.0, kind="centralised"),
+            "status": "refused",
+            "reason": "diverged: the unlearning loss became nan",
+        },
     ]
     write_experiment_results(tmp_path, cells)
     written = write_report(tmp_path)
@@ -164,6 +169,10 @@ def test_report_writes_every_file_from_a_small_results_file(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "| ft (c) |" in markdown and "puf-special" in markdown
     assert "0.750 ± 0.212 (Δ +0.150" in markdown  # puf-special: mean 0.75, Δ (0.1 + 0.2) / 2
+    # a cell without a result is listed with its reason, and stays out of the means
+    assert "| scrub (c) | 1/0 | diverged: the unlearning loss became nan |" in markdown
+    assert "| scrub (c) |" not in markdown.split("## Cells without a result")[0]
+    assert "diverged: the unlearning loss became nan" in (tmp_path / "report.html").read_text()
 
 
 def test_report_without_results_says_what_to_run(tmp_path):

@@ -24,13 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from fedforget.experiment.results import CURVES_CSV, LONG_JSON, SUMMARY_JSON
+from fedforget.experiment.results import CURVES_CSV, LONG_JSON, REFUSED_JSON, SUMMARY_JSON
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 FIGURES_DIR = "figures"
 HEADLINE = ("test_acc", "forget_acc", "retain_acc", "mia_yeom")
 SEGMENTATION_HEADLINE = ("test_dice", "forget_dice", "retain_dice", "mia_yeom")
+GAP_COLUMNS = 4
+"""Panels per line of ``gaps.png`` (one panel per metric)."""
 
 
 def _load(out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -54,7 +56,9 @@ def _headline(summary: list[dict[str, Any]]) -> tuple[str, ...]:
     metrics = {s["metric"] for s in summary}
     chosen = SEGMENTATION_HEADLINE if "test_dice" in metrics else HEADLINE
     extra = sorted(
-        m for m in metrics if m.startswith(("svc_mia", "kl_", "js_", "u_lira", "average_gap"))
+        m
+        for m in metrics
+        if m.startswith(("svc_mia", "kl_", "js_", "ulira", "mia_nn", "avg_gap", "relearn"))
     )
     return tuple(m for m in (*chosen, *extra) if m in metrics)
 
@@ -63,8 +67,13 @@ def _label(row: dict[str, Any]) -> str:
     return row["method"] if row["kind"] == "federated" else f"{row['method']} (c)"
 
 
+def _number(value: float) -> float:
+    """``value`` with a rounding residue such as -1e-17 (a divergence of 0) shown as 0."""
+    return 0.0 if abs(value) < 5e-4 else value
+
+
 def _cell(s: dict[str, Any]) -> str:
-    text = f"{s['mean']:.3f} ± {s['std']:.3f}"
+    text = f"{_number(s['mean']):.3f} ± {s['std']:.3f}"
     if s["gap_mean"] is not None and s["method"] != "retrain":
         text += f" (Δ {s['delta_mean']:+.3f}"
         if s["delta_ci_low"] is not None:
@@ -139,8 +148,14 @@ def _figures(
     metrics = [m for m in _headline(summary) if m != "test_loss"]
     gap_rows = [s for s in summary if s["gap_mean"] is not None and s["method"] != "retrain"]
     if metrics and gap_rows:
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4.2), sharey=False)
-        for ax, metric in zip(np.atleast_1d(axes), metrics, strict=False):
+        columns = min(len(metrics), GAP_COLUMNS)
+        lines = -(-len(metrics) // columns)
+        fig, axes = plt.subplots(
+            lines, columns, figsize=(3.6 * columns, 4.2 * lines), sharey=False, squeeze=False
+        )
+        for ax in axes.flat[len(metrics) :]:
+            ax.set_visible(False)
+        for ax, metric in zip(axes.flat, metrics, strict=False):
             rows = [s for s in gap_rows if s["metric"] == metric]
             labels = [_label(s) for s in rows]
             means = [abs(s["delta_mean"]) for s in rows]
@@ -190,6 +205,32 @@ def _figures(
     return made
 
 
+REFUSED_INTRO = (
+    "Cells a method refused or could not finish (e.g. a loss that stopped being finite); "
+    "the method's means above are over its other cells."
+)
+
+
+def _refused(out_dir: Path) -> list[list[str]]:
+    """Rows (method, cells, reason) of ``refused.json``, one per method and reason.
+
+    Cells are listed as ``target set/seed`` when there are at most four, else
+    counted; none if the file is absent.
+    """
+    path = out_dir / REFUSED_JSON
+    if not path.is_file():
+        return []
+    grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for c in json.loads(path.read_text()):
+        label = f"{c['method']} (c)" if c.get("kind") == "centralised" else str(c["method"])
+        targets = ",".join(map(str, c.get("targets") or []))
+        grouped[(label, str(c.get("reason") or ""))].append(f"{targets}/{c.get('seed')}")
+    return [
+        [label, ", ".join(cells) if len(cells) <= 4 else f"{len(cells)} cells", reason]
+        for (label, reason), cells in grouped.items()
+    ]
+
+
 def write_report(out_dir: Path) -> list[Path]:
     """Write ``report.md``, ``report.html`` and the figures; return the files written."""
     summary, long, curves = _load(out_dir)
@@ -209,12 +250,27 @@ def write_report(out_dir: Path) -> list[Path]:
     markdown.append("| " + " | ".join(header) + " |")
     markdown.append("|" + "---|" * len(header))
     markdown += ["| " + " | ".join(row) + " |" for row in rows]
+    refused = _refused(out_dir)
+    if refused:
+        markdown += ["", "## Cells without a result", "", REFUSED_INTRO, ""]
+        markdown += ["| method | cells (target set/seed) | reason |", "|---|---|---|"]
+        markdown += ["| " + " | ".join(row) + " |" for row in refused]
     for title, path in figures:
         markdown += ["", f"## {title}", "", f"![{title}]({path})"]
     (out_dir / REPORT_MD).write_text("\n".join(markdown) + "\n")
 
     cells = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    refused_html = (
+        f"<h2>Cells without a result</h2><p>{html.escape(REFUSED_INTRO)}</p><table>"
+        "<tr><th>method</th><th>cells (target set/seed)</th><th>reason</th></tr>"
+        + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in refused
+        )
+        + "</table>"
+        if refused
+        else ""
     )
     images = "".join(
         f"<h2>{html.escape(t)}</h2><img src='{html.escape(p)}' alt='{html.escape(t)}'>"
@@ -230,7 +286,7 @@ def write_report(out_dir: Path) -> list[Path]:
         f"<h1>Experiment report: {html.escape(out_dir.name)}</h1><p>{html.escape(intro)}</p>"
         "<table><tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        + f"</tr>{cells}</table>{images}</body></html>"
+        + f"</tr>{cells}</table>{refused_html}{images}</body></html>"
     )
     (out_dir / REPORT_HTML).write_text(page)
     return [

@@ -30,6 +30,7 @@ LONG_JSON = "results-long.json"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 CURVES_CSV = "curves.csv"
+REFUSED_JSON = "refused.json"
 REFERENCE = "retrain"
 _NOT_METRICS = {"seed", "forget_size", "unlearning_round", "recovered"}
 
@@ -181,7 +182,7 @@ def write_experiment_results(out_dir: Path, cells: Sequence[dict[str, Any]]) -> 
     (out_dir / SUMMARY_JSON).write_text(json.dumps(summary_rows, indent=1, allow_nan=False))
     _write_csv(out_dir / CURVES_CSV, curve_rows(cells))
     refused = [c for c in cells if c.get("status") != "ok"]
-    (out_dir / "refused.json").write_text(
+    (out_dir / REFUSED_JSON).write_text(
         json.dumps(
             [
                 {k: c.get(k) for k in ("kind", "method", "targets", "seed", "reason")}

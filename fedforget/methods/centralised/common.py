@@ -152,7 +152,7 @@ def run_epochs(
         loss = batch_loss(model, inputs, targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"the unlearning loss became {float(loss)} after "
+                f"the unlearning loss became {loss.item()} after "
                 f"{batches.epochs - begin:.2f} epoch(s): lower the learning rate"
             )
         loss.backward()
