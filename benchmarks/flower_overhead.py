@@ -18,6 +18,11 @@ clients' work (Flower's dispatch to the Ray actors, replies, load imbalance,
 the ServerApp's configure and aggregate), each per process (summed over the
 clients, divided by the number of actors or pool processes).
 
+What else needs the CPU while the actors train: the CPU seconds of this
+process (the ServerApp, Flower's simulation engine, the server's test-set
+evaluation) and of Ray's daemons (raylet, GCS, agents, monitors; read from
+/proc), per wall second of the whole simulation, start-up included.
+
     python benchmarks/flower_overhead.py [--rounds 8] [--repeats 5] [--out benchmarks/results]
 """
 
@@ -28,6 +33,7 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from multiprocessing import get_context
@@ -79,6 +85,65 @@ def local_rounds(config: FederationConfig, rounds: int, processes: int) -> list[
     return measured
 
 
+RAY_DAEMONS = ("raylet", "gcs_server", "dashboard.py", "agent.py", "log_monitor.py", "monitor.py")
+"""What Ray runs beside the client actors: processes whose command names one of these."""
+
+
+def ray_daemon_cpu_s() -> dict[int, float]:
+    """CPU seconds (user + system) of each running Ray daemon process, by pid (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        head = command.split(" ", 3)[:3]
+        if any(name in part for part in head for name in RAY_DAEMONS):
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
+class CpuWatch:
+    """CPU seconds of this process and of Ray's daemons while a simulation runs.
+
+    The daemons end with the simulation, so they are sampled every
+    ``interval`` s and each one's last reading counts.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.daemons: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.daemons.update(ray_daemon_cpu_s())
+
+    def __enter__(self) -> CpuWatch:
+        self._started = time.perf_counter()
+        self._own = time.process_time()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.wall_s = time.perf_counter() - self._started
+        self.driver_cpu_s = time.process_time() - self._own
+
+    def shares(self) -> dict[str, float]:
+        """Each side's CPU seconds per wall second of the run (1.0 = one core, all the time)."""
+        return {
+            "driver": self.driver_cpu_s / self.wall_s,
+            "ray_daemons": sum(self.daemons.values()) / self.wall_s,
+        }
+
+
 def flower_rounds(config: FederationConfig, processes: int) -> list[dict[str, float]]:
     """Each round of the Ray simulation: wall (``round_s``), work and training per actor.
 
@@ -91,7 +156,8 @@ def flower_rounds(config: FederationConfig, processes: int) -> list[dict[str, fl
         previous = os.environ.get(TIMING_ENV)
         os.environ[TIMING_ENV] = str(log)
         try:
-            simulate(config.replace(out_dir=out), num_cpus=processes)
+            with CpuWatch() as watch:
+                simulate(config.replace(out_dir=out), num_cpus=processes)
         finally:
             if previous is None:
                 os.environ.pop(TIMING_ENV, None)
@@ -107,11 +173,14 @@ def flower_rounds(config: FederationConfig, processes: int) -> list[dict[str, fl
         marks = dict(record["marks"])
         work[record["round"]] += marks["end"] - marks["start"]
         training[record["round"]] += marks["train"] - marks["arrays-in"]
+    shares = watch.shares()
     return [
         {
             "round": entry["round_s"],
             "training": training[entry["round"]] / processes,
             "client_other": (work[entry["round"]] - training[entry["round"]]) / processes,
+            "driver_cpu_share": shares["driver"],
+            "ray_daemons_cpu_share": shares["ray_daemons"],
         }
         for entry in history
         if entry["round"] > 0
@@ -167,6 +236,14 @@ def main() -> None:
         "where_the_round_goes_s (per process, median of repeats)": {
             "flower": {k: round(statistics.median(f[k] for f in flower), 4) for k in keys},
             "local": {k: round(statistics.median(loc[k] for loc in local), 4) for k in keys},
+        },
+        "cpu_beside_the_actors (cores busy, whole simulation, median of repeats)": {
+            "driver (ServerApp, Flower's engine, test-set evaluation)": round(
+                statistics.median(f["driver_cpu_share"] for f in flower), 3
+            ),
+            "ray_daemons (raylet, GCS, agents, monitors)": round(
+                statistics.median(f["ray_daemons_cpu_share"] for f in flower), 3
+            ),
         },
         "target_pct": TARGET_PCT,
     }
