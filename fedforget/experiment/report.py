@@ -222,13 +222,19 @@ def _refused(out_dir: Path) -> list[list[str]]:
         return []
     grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
     for c in json.loads(path.read_text()):
-        label = f"{c['method']} (c)" if c.get("kind") == "centralised" else str(c["method"])
         targets = ",".join(map(str, c.get("targets") or []))
-        grouped[(label, str(c.get("reason") or ""))].append(f"{targets}/{c.get('seed')}")
+        grouped[(_label(c), str(c.get("reason") or ""))].append(f"{targets}/{c.get('seed')}")
     return [
         [label, ", ".join(cells) if len(cells) <= 4 else f"{len(cells)} cells", reason]
         for (label, reason), cells in grouped.items()
     ]
+
+
+def _html_rows(rows: list[list[str]]) -> str:
+    """Table rows of escaped cells."""
+    return "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
 
 
 def write_report(out_dir: Path) -> list[Path]:
@@ -259,15 +265,11 @@ def write_report(out_dir: Path) -> list[Path]:
         markdown += ["", f"## {title}", "", f"![{title}]({path})"]
     (out_dir / REPORT_MD).write_text("\n".join(markdown) + "\n")
 
-    cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
+    cells = _html_rows(rows)
     refused_html = (
         f"<h2>Cells without a result</h2><p>{html.escape(REFUSED_INTRO)}</p><table>"
         "<tr><th>method</th><th>cells (target set/seed)</th><th>reason</th></tr>"
-        + "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in refused
-        )
+        + _html_rows(refused)
         + "</table>"
         if refused
         else ""
