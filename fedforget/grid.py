@@ -37,7 +37,8 @@ SIMULATION_REPLY_POLL_INTERVAL_S = 0.01
 
 There a pull is a lookup in the LinkState of the same process, so a hundred a
 second cost next to nothing, and a round's last reply waits 5 ms on average
-instead of 50 ms (about 3 % of a digits round, ``benchmarks/flower_overhead.py``).
+instead of 50 ms. ``benchmarks/flower_overhead.py`` measures the overhead of a
+simulated round as a whole.
 """
 
 
