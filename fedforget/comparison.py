@@ -35,12 +35,15 @@ received (model arrays), bytes the method kept on the server, wall time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,7 @@ from fedforget.federated.federation import (
     RunRecord,
     build_methods,
     build_strategy,
+    open_store,
     read_arrays,
     run_record,
     run_rounds,
@@ -70,13 +74,19 @@ from fedforget.metrics import (
     UnlearningMetrics,
     evaluate_forget_set,
 )
+from fedforget.registry import DATASET_REGISTRY, MODEL_REGISTRY
 from fedforget.requests import InMemoryRequestQueue
 from fedforget.results import REFERENCE, write_results
 from fedforget.scenarios import ForgetSet, forget_set
+from fedforget.state.checkpoint import checkpoint_path
+from fedforget.state.disk_store import DiskPseudoGradientStore
+from fedforget.state.store import PseudoGradientStore
 from fedforget.task import model_arrays, model_with, new_model
 from fedforget.training import resolve_device
 
 RECOVERY_STOPS = ("retrain-acc", "budget")
+CELLS_DIR = "cells"
+"""Folder of the cells' store copies in ``state-dir`` during a comparison (``store = "disk"``)."""
 CACHE_ENV = "FEDFORGET_CACHE"
 # Keys of the reference's config that do not change what it computes (its rounds do:
 # reference_config sets num-server-rounds to unlearn-at-round)
@@ -96,6 +106,7 @@ _NOT_IN_REFERENCE_KEY = (
     "api-port",
     "api-token-file",
     "api-token-env",
+    "plugins",  # what a plug-in computes enters through its code (reference_key)
 )
 
 
@@ -157,11 +168,16 @@ def reference_config(config: FederationConfig) -> FederationConfig:
         out_dir="",
         api_enabled=False,
         state_dir="",
+        store="memory",
     )
 
 
 def original_config(config: FederationConfig, methods: Sequence[str]) -> FederationConfig:
-    """The original federation; every compared method that keeps history observes it."""
+    """The original federation; every compared method that keeps history observes it.
+
+    It touches no ``state-dir``: with ``store = "disk"``, :func:`train_original`
+    is given the disk store to keep the pseudo-gradients in.
+    """
     serving = methods if config.forget_scenario == "client" else ()
     keeping = [m for m in serving if method_class(m).needs.history]
     return config.replace(
@@ -173,11 +189,16 @@ def original_config(config: FederationConfig, methods: Sequence[str]) -> Federat
         out_dir="",
         api_enabled=False,
         state_dir="",
+        store="memory",
     )
 
 
 def cell_config(config: FederationConfig, method: str, target_score: float) -> FederationConfig:
-    """One method's run after the original: its request, recovery to ``target_score``."""
+    """One method's run after the original: its request, recovery to ``target_score``.
+
+    Like the original it touches no ``state-dir``: :func:`run_cell` gives a
+    disk-store method its own copy of the original's store.
+    """
     return config.replace(
         method=method,
         methods="",
@@ -185,17 +206,28 @@ def cell_config(config: FederationConfig, method: str, target_score: float) -> F
         out_dir="",
         api_enabled=False,
         state_dir="",
+        store="memory",
     )
 
 
 # --------------------------------------------------------- reference cache
 def reference_key(config: FederationConfig) -> str:
-    """Hash of everything the reference run depends on (configuration, targets, seed)."""
-    relevant = {
+    """Hash of everything the reference run depends on (configuration, targets, seed).
+
+    A plug-in dataset or model adds the source of the modules its registry
+    entry depends on, so that editing a plug-in never reuses a stale reference.
+    """
+    relevant: dict[str, Any] = {
         key: value
         for key, value in reference_config(config).to_run_config().items()
         if key not in _NOT_IN_REFERENCE_KEY and "." not in key
     }
+    for key, registry, name in (
+        ("dataset-code", DATASET_REGISTRY, config.dataset),
+        ("model-code", MODEL_REGISTRY, config.model),
+    ):
+        if not registry.entry(name).builtin:
+            relevant[key] = registry.fingerprint(name)
     text = json.dumps(relevant, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -258,26 +290,73 @@ class Original:
     phase: PhaseRecord
     methods: dict[str, FederatedMethod]
     directory: ClientDirectory
+    store: DiskPseudoGradientStore | None = None
+    """The disk store the methods kept their pseudo-gradients in (None: in memory)."""
 
 
-def train_original(grid: Any, config: FederationConfig, methods: Sequence[str]) -> Original:
-    """Train the original federation; the methods of ``methods`` that keep history observe it."""
+def train_original(
+    grid: Any,
+    config: FederationConfig,
+    methods: Sequence[str],
+    store: DiskPseudoGradientStore | None = None,
+) -> Original:
+    """Train the original federation; the methods of ``methods`` that keep history observe it.
+
+    ``store``: the disk store they share (``store = "disk"``); None keeps
+    each method's pseudo-gradients in memory.
+    """
     before = original_config(config, methods)
-    instances = build_methods(before)
+    instances = build_methods(before, store=store)
     strategy = build_strategy(before, InMemoryRequestQueue(), instances)
     arrays, history, wall_s = run_rounds(
         grid, before, strategy, model_arrays(new_model(config)), label="[original] "
     )
     return Original(
-        PhaseRecord(arrays, strategy.rounds, history, wall_s), instances, strategy.directory
+        PhaseRecord(arrays, strategy.rounds, history, wall_s), instances, strategy.directory, store
     )
 
 
-def fork(method: FederatedMethod) -> FederatedMethod:
-    """A new instance of ``method`` in the same state (its checkpoint state), sharing nothing."""
-    clone = type(method)(method.context)
+def fork(method: FederatedMethod, store: PseudoGradientStore | None = None) -> FederatedMethod:
+    """A new instance of ``method`` in the same state (its checkpoint state), sharing nothing.
+
+    ``store`` replaces the pseudo-gradient store of the method's context: a
+    copy of the disk store ``method`` keeps its files in (its state names them).
+    """
+    context = method.context
+    if store is not None:
+        context = dataclasses.replace(context, pseudo_gradient_store=lambda: store)
+    clone = type(method)(context)
     clone.load_state_dict(method.state_dict())
     return clone
+
+
+@contextlib.contextmanager
+def store_copy(original: Original, name: str) -> Iterator[PseudoGradientStore | None]:
+    """A copy of the original's disk store for ``name``'s cell, removed afterwards (None: memory).
+
+    The copy (``<state-dir>/cells/<name>/``) holds hard links to the files,
+    which are never changed once written: the cell's erasure of its targets
+    and its recovery rounds leave the original's store as it was.
+    """
+    if original.store is None:
+        yield None
+        return
+    folder = original.store.directory.parent / CELLS_DIR / name
+    shutil.rmtree(folder, ignore_errors=True)  # left by an interrupted comparison
+    shutil.copytree(original.store.directory, folder, copy_function=_link_or_copy)
+    try:
+        yield DiskPseudoGradientStore(folder, original.store.dtype)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # the last cell's copy removes the folder of copies
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def run_cell(
@@ -295,21 +374,22 @@ def run_cell(
         )
         return Cell(name, reason=reason)
     cell = cell_config(config, name, target_score)
-    strategy = build_strategy(
-        cell,
-        InMemoryRequestQueue(),
-        {name: fork(original.methods[name])},
-        copy.deepcopy(original.directory),
-    )
-    final, history, wall_s = run_rounds(
-        grid,
-        cell,
-        strategy,
-        original.phase.arrays,
-        first_round=config.unlearn_at_round + 1,
-        label=f"[{name}] ",
-    )
-    record = run_record(cell, strategy, final, history, wall_s)
+    with store_copy(original, name) as store:
+        strategy = build_strategy(
+            cell,
+            InMemoryRequestQueue(),
+            {name: fork(original.methods[name], store)},
+            copy.deepcopy(original.directory),
+        )
+        final, history, wall_s = run_rounds(
+            grid,
+            cell,
+            strategy,
+            original.phase.arrays,
+            first_round=config.unlearn_at_round + 1,
+            label=f"[{name}] ",
+        )
+        record = run_record(cell, strategy, final, history, wall_s)
     reason = "" if record.events else _refusal(record)
     return Cell(name, record if not reason else None, reason)
 
@@ -327,13 +407,21 @@ def compare_on_grid(
     reference: PhaseRecord | None,
     progress: bool = True,
 ) -> Comparison:
-    """The comparison's ServerApp body: reference (unless given), original, one cell per method."""
+    """The comparison's ServerApp body: reference (unless given), original, one cell per method.
+
+    With ``store = "disk"`` the original's methods keep their pseudo-gradients
+    in ``state-dir/pseudo-gradients``, each cell works on a copy of them, and
+    at the end the targets' files are erased from the original's store too.
+    """
     started = time.monotonic()
     cached = reference is not None
     if reference is None:
         reference = train_phase(grid, reference_config(config), "[reference] ")
     target = recovery_target(config, reference, recovery_stop)
-    original = train_original(grid, config, methods)
+    store = open_store(config, fresh=True)
+    original = train_original(
+        grid, config, methods, store if isinstance(store, DiskPseudoGradientStore) else None
+    )
     comparison = Comparison(reference, original.phase, reference_cached=cached)
     for number, name in enumerate(methods, start=1):
         cell = run_cell(grid, config, name, original, target)
@@ -347,6 +435,9 @@ def compare_on_grid(
                 f"{left:.0f} s left",
                 flush=True,
             )
+    if original.store is not None and config.forget_scenario == "client":
+        for method in original.methods.values():  # the cells forgot the targets: so does the store
+            method.forget(config.targets)
     return comparison
 
 
@@ -569,6 +660,11 @@ def _check(config: FederationConfig, recovery_stop: str) -> None:
             "a comparison forgets after round unlearn-at-round: set unlearn-at-round (and "
             "unlearn-clients for the client scenario)"
         )
+    if config.pretrained_weights and not Path(config.pretrained_weights).is_file():
+        raise ConfigError(
+            f"pretrained-weights {config.pretrained_weights!r} does not exist: give the path of "
+            f"a state dict saved with torch.save(model.state_dict(), path)"
+        )
     try:
         _forget_set(config)  # fail on missing data or an empty forget set before any training
     except ValueError as error:
@@ -592,6 +688,11 @@ def run_comparison(
     from fedforget.simulation import simulate_app
 
     _check(config, recovery_stop)
+    if config.store == "disk" and checkpoint_path(config.state_dir).is_file():
+        raise ConfigError(
+            f"state-dir {config.state_dir} holds the checkpoint of a run, whose pseudo-gradients "
+            f"the comparison would replace: give the comparison a state-dir of its own"
+        )
     names = resolve_methods(methods)
     central = resolve_centralised(centralised)
     started = time.monotonic()

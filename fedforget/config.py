@@ -15,20 +15,13 @@ flattens to dotted keys). The method classes declare them and their defaults
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
-DATASETS = (
-    "digits",
-    "fashion-mnist",
-    "cifar10",
-    "cifar100",
-    "cifar10-standin",
-    "cifar100-standin",
-    "prostate",
-    "prostate-synthetic",
-)
+from fedforget.registry import DATASET_REGISTRY, MODEL_REGISTRY
+
 PARTITIONERS = ("dirichlet", "iid", "file", "natural")
 FORGET_SCENARIOS = ("client", "random", "class")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -115,6 +108,8 @@ class FederationConfig:
     partition_file: str = ""
     download: bool = False
     device: str = "auto"
+    # --- plug-ins: modules that register datasets, models or methods in every process
+    plugins: str = ""
     # --- per-method settings: ("table.key", value) pairs that differ from the defaults
     method_settings: tuple[tuple[str, ConfigValue], ...] = ()
 
@@ -135,6 +130,8 @@ class FederationConfig:
         process does not know are ignored: a plug-in registered in the server
         process alone has no client step, so its settings mean nothing here.
         """
+        plugins = run_config.get(cls.key("plugins"), "")
+        import_plugins(plugins if isinstance(plugins, str) else "")  # before any name is read
         known = {cls.key(f.name): f for f in fields(cls) if f.name != "method_settings"}
         dotted = {k: v for k, v in run_config.items() if "." in k}
         unknown = sorted(set(run_config) - set(known) - set(dotted) - {"server-round"})
@@ -204,8 +201,15 @@ class FederationConfig:
 
     # --- validation ---------------------------------------------------------
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid key."""
-        _one_of("dataset", self.dataset, DATASETS)
+        """Raise :class:`ConfigError` naming the first invalid key.
+
+        Every value that names something (dataset, model, partitioner, method,
+        optimizer, scenario, store, device, plug-in) is checked against what is
+        registered, so that a mistyped name fails here, before any training.
+        """
+        import_plugins(self.plugins)
+        _one_of("dataset", self.dataset, tuple(DATASET_REGISTRY.names()))
+        _one_of("model", self.model, tuple(MODEL_REGISTRY.names()))
         _one_of("partitioner", self.partitioner, PARTITIONERS)
         self._validate_methods()
         _one_of("forget-scenario", self.forget_scenario, FORGET_SCENARIOS)
@@ -344,6 +348,25 @@ class FederationConfig:
                 "api-enabled=true needs state-dir: name a folder where unlearning requests "
                 'are kept across restarts, e.g. state-dir="/var/lib/fedforget"'
             )
+
+
+def import_plugins(plugins: str) -> None:
+    """Import the modules ``plugins`` names (comma-separated); their ``register`` calls run.
+
+    Raises
+    ------
+    ConfigError
+        If a module cannot be imported; the message names it and the fix.
+
+    """
+    for module in parse_client_ids(plugins):
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(
+                f"plugins names module {module!r}, which cannot be imported ({error}): put it "
+                f"on the PYTHONPATH of the server and of every SuperNode"
+            ) from error
 
 
 def _coerce(key: str, value: Any, expected: type) -> Any:

@@ -1,4 +1,4 @@
-"""Model registry: configurations name models, ``build_model`` makes them.
+"""The built-in models: configurations name models, ``build_model`` makes them.
 
 * ``cnn``: a small CNN for the digits default.
 * ``mlp``: one hidden layer of 32 units (Fashion-MNIST: 25k parameters, 100 KB),
@@ -12,16 +12,20 @@
 * ``unet`` / ``unet-small``: MONAI ``BasicUNet`` for 2-D segmentation, two
   conv-BN-ReLU per level, features 32..512 (the paper's) or 16..256 (CPU).
 
-Local pretrained weights load with :func:`load_pretrained` (``pretrained-weights``).
+Names map to factories in :data:`fedforget.registry.MODEL_REGISTRY`; a model
+from outside the package is added with :func:`register`. Local pretrained
+weights load with :func:`load_pretrained` (``pretrained-weights``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from fedforget.registry import MODEL_REGISTRY
 
 ModelFactory = Callable[[tuple[int, int, int], int], nn.Module]
 
@@ -144,25 +148,39 @@ def _unet(features: tuple[int, ...]) -> ModelFactory:
     return factory
 
 
-MODELS: dict[str, ModelFactory] = {
-    "cnn": SmallCNN,
-    "mlp": TinyMLP,
-    "resnet18": resnet18,
-    "resnet18-bn": resnet18_batchnorm,
-    "vit": small_vit,
-    "unet": _unet((32, 64, 128, 256, 512, 32)),
-    "unet-small": _unet((16, 32, 64, 128, 256, 16)),
-}
+unet = _unet((32, 64, 128, 256, 512, 32))
+unet_small = _unet((16, 32, 64, 128, 256, 16))
+
+
+def register(
+    name: str, factory: ModelFactory, *, depends_on: Sequence[str] | None = None
+) -> ModelFactory:
+    """Add a model: ``factory(input_shape, num_classes)`` returns an ``nn.Module``.
+
+    ``input_shape`` is ``(channels, height, width)``; :func:`build_model` draws
+    the initial weights under the run's seed. ``depends_on`` names the modules
+    whose source shapes it (default: the factory's module). Name the
+    registering module in the run config's ``plugins`` so that the ClientApps
+    register it too. Returns ``factory``.
+    """
+    return MODEL_REGISTRY.register(name, factory, depends_on=depends_on)
+
+
+def unregister(name: str) -> None:
+    """Remove a model added by :func:`register` (built-in ones stay)."""
+    MODEL_REGISTRY.unregister(name)
+
+
+def model_names() -> list[str]:
+    """Every registered model name, built-in ones first."""
+    return MODEL_REGISTRY.names()
 
 
 def build_model(
     name: str, input_shape: tuple[int, int, int], num_classes: int, seed: int
 ) -> nn.Module:
     """Build a registered model with weights initialised under ``seed``."""
-    try:
-        factory = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}") from None
+    factory: ModelFactory = MODEL_REGISTRY.get(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return factory(input_shape, num_classes)

@@ -90,11 +90,3 @@ def test_every_experiment_configuration_is_valid(path):
     else:
         config = FederationConfig.from_run_config(parse_run_config([str(path)]))
     assert config.num_server_rounds > config.unlearn_at_round
-
-
-def test_config_accepts_exactly_the_registered_datasets():
-    """config.py validates names without importing the (heavy) data registry: keep them equal."""
-    from fedforget.config import DATASETS
-    from fedforget.data import DATASET_LOADERS
-
-    assert set(DATASETS) == set(DATASET_LOADERS)

@@ -58,7 +58,7 @@ def forbid_building(monkeypatch):
         raise AssertionError("the cache was not used: the data was built again")
 
     monkeypatch.setattr(datasets, "partition_indices", refuse)
-    monkeypatch.setitem(datasets.DATASET_LOADERS, CONFIG.dataset, refuse)
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
 
 
 def assert_same_partitions(actual, expected):

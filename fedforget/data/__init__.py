@@ -2,16 +2,19 @@
 
 Names are loaded on first use (PEP 562), so importing a light submodule
 (``fedforget.data.partition``, ``fedforget.data.cache``) does not import the
-dataset loaders and torch.
+dataset loaders and torch. :func:`register` adds a dataset from outside the
+package (the registry: :data:`fedforget.registry.DATASET_REGISTRY`).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fedforget.registry import DATASET_REGISTRY
+
 _EXPORTS = {
-    "DATASET_LOADERS": "fedforget.data.datasets",
     "FederatedData": "fedforget.data.datasets",
     "SplitDataset": "fedforget.data.split",
     "load_dataset": "fedforget.data.datasets",
@@ -21,13 +24,36 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from fedforget.data.datasets import (
-        DATASET_LOADERS,
         FederatedData,
         load_dataset,
         load_federated_data,
     )
     from fedforget.data.partition import partition_indices
     from fedforget.data.split import SplitDataset
+
+
+def register(
+    name: str, loader: Callable[..., Any], *, depends_on: Sequence[str] | None = None
+) -> Callable[..., Any]:
+    """Add a dataset: ``loader(data_dir, test_fraction, seed, *, image_size=0, download=False)``.
+
+    The loader returns a :class:`SplitDataset`. ``depends_on`` names the
+    modules whose source shapes its arrays (default: the loader's module): the
+    data cache (:mod:`fedforget.data.cache`) is rebuilt when their source
+    changes. Name the registering module in the run config's ``plugins`` so
+    that the ClientApps register it too. Returns ``loader``.
+    """
+    return DATASET_REGISTRY.register(name, loader, depends_on=depends_on)
+
+
+def unregister(name: str) -> None:
+    """Remove a dataset added by :func:`register` (built-in ones stay)."""
+    DATASET_REGISTRY.unregister(name)
+
+
+def dataset_names() -> list[str]:
+    """Every registered dataset name, built-in ones first."""
+    return DATASET_REGISTRY.names()
 
 
 def __getattr__(name: str) -> Any:
@@ -46,10 +72,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "DATASET_LOADERS",
     "FederatedData",
     "SplitDataset",
+    "dataset_names",
     "load_dataset",
     "load_federated_data",
     "partition_indices",
+    "register",
+    "unregister",
 ]

@@ -12,11 +12,12 @@ back takes milliseconds. :func:`cached_arrays` keeps them as ``.npz`` files
 
 ``key`` is a SHA-256 of the settings that determine the arrays (for a split:
 dataset, data-dir and a fingerprint of its files, test-fraction, seed,
-image-size; for partitions: the split's key, num-partitions, partitioner,
+image-size and the source of the modules the dataset registry says its loader
+depends on; for partitions: the split's key, num-partitions, partitioner,
 alpha, min-partition-size, seed, partition-file and its content), of the
 versions of the libraries that draw them and of the source of the code that
-builds them: when any of them changes, the key changes and the arrays are
-built again. A file is written to a temporary name in the same folder and
+splits, partitions and stores them: when any of them changes, the key changes
+and the arrays are built again. A file is written to a temporary name in the same folder and
 renamed into place (atomic: concurrent SuperNodes never read half a file),
 and it records a SHA-256 of each array: a file that cannot be read or whose
 arrays do not match their checksums is rebuilt, never trusted.
@@ -48,8 +49,10 @@ SWITCH_ENV = "FEDFORGET_DATA_CACHE"
 FOLDER = "prepared"
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
-BUILDER_SOURCES = ("datasets.py", "partition.py", "cifar.py", "prostate.py", "split.py", "cache.py")
-"""Modules of this package whose code shapes the cached arrays (part of every key)."""
+BUILDER_SOURCES = ("datasets.py", "partition.py", "split.py", "cache.py")
+"""Modules of this package whose code shapes every dataset's cached arrays (part of every key);
+a dataset's own loader code enters through its split settings (the dataset registry's
+``depends_on``, :meth:`fedforget.registry.Registry.fingerprint`)."""
 LIBRARIES = ("numpy", "scikit-learn", "flwr-datasets", "torch")
 """Libraries whose versions shape the cached arrays (part of every key)."""
 

@@ -1,4 +1,4 @@
-"""Dataset registry: real data from local files, as normalised tensors.
+"""The built-in datasets: real data from local files, as normalised tensors.
 
 * ``digits``: scikit-learn's 1,797 8x8 handwritten digits, shipped inside the
   scikit-learn wheel (the embedded default; works on every machine). A
@@ -19,6 +19,8 @@
 
 Every loader is called as ``loader(data_dir, test_fraction, seed, *,
 image_size=0, download=False)``; ``image_size`` 0 means the dataset's default.
+Names map to loaders in :data:`fedforget.registry.DATASET_REGISTRY`; a dataset
+from outside the package is added with :func:`fedforget.data.register`.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ from fedforget.config import FederationConfig
 from fedforget.data.cache import cache_key, cached_arrays, fingerprint_content, fingerprint_files
 from fedforget.data.cifar import load_cifar_split, load_cifar_standin_split
 from fedforget.data.partition import partition_indices, split_file_bytes
-from fedforget.data.prostate import load_prostate_split, load_prostate_synthetic_split
 from fedforget.data.split import SplitDataset
+from fedforget.registry import DATASET_REGISTRY
 
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (
@@ -160,16 +162,10 @@ def load_fashion_mnist_split(
     return SplitDataset(train_x, train.targets.long(), test_x, test.targets.long(), 10)
 
 
-DATASET_LOADERS: dict[str, DatasetLoader] = {
-    "digits": load_digits_split,
-    "fashion-mnist": load_fashion_mnist_split,
-    "cifar10": functools.partial(load_cifar_split, "cifar10"),
-    "cifar100": functools.partial(load_cifar_split, "cifar100"),
-    "cifar10-standin": functools.partial(load_cifar_standin_split, "cifar10"),
-    "cifar100-standin": functools.partial(load_cifar_standin_split, "cifar100"),
-    "prostate": load_prostate_split,
-    "prostate-synthetic": load_prostate_synthetic_split,
-}
+load_cifar10 = functools.partial(load_cifar_split, "cifar10")
+load_cifar100 = functools.partial(load_cifar_split, "cifar100")
+load_cifar10_standin = functools.partial(load_cifar_standin_split, "cifar10")
+load_cifar100_standin = functools.partial(load_cifar_standin_split, "cifar100")
 
 
 def load_dataset(
@@ -181,13 +177,8 @@ def load_dataset(
     image_size: int = 0,
     download: bool = False,
 ) -> SplitDataset:
-    """Load a registered dataset by name."""
-    try:
-        loader = DATASET_LOADERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown dataset {name!r}: choose one of {', '.join(DATASET_LOADERS)}"
-        ) from None
+    """Load a registered dataset by name (:data:`fedforget.registry.DATASET_REGISTRY`)."""
+    loader: DatasetLoader = DATASET_REGISTRY.get(name)
     return loader(data_dir, test_fraction, seed, image_size=image_size, download=download)
 
 
@@ -212,6 +203,7 @@ def _federated_data(
         "test-fraction": test_fraction,
         "seed": seed,
         "image-size": image_size,
+        "dataset-code": DATASET_REGISTRY.fingerprint(dataset),
     }
     data = split_from_arrays(
         cached_arrays(
