@@ -115,6 +115,8 @@ class FederationConfig:
     partition_file: str = ""
     download: bool = False
     device: str = "auto"
+    mixed_precision: bool = True
+    """bf16 autocast of the forward pass on a CUDA device that supports it (no effect on CPUs)."""
     # --- per-method settings: ("table.key", value) pairs that differ from the defaults
     method_settings: tuple[tuple[str, ConfigValue], ...] = ()
 
