@@ -416,6 +416,9 @@ def main() -> None:
         report(
             "gpu_client_training",
             {
+                "mode": "smoke: tiny data on the CPU, a check of the script, not a measurement"
+                if args.smoke
+                else "measurement",
                 "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)",
                 "torch": torch.__version__,
                 "python": platform.python_version(),
