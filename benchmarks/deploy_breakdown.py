@@ -7,9 +7,9 @@ Three runs of the digits federation with N clients (the configuration of
   (:mod:`fedforget.deploy`, with its latency settings), the real ServerApp and
   ClientApp, the data cache prepared beforehand;
 * ``floor``: the same deployment and ServerApp, with a ClientApp that imports
-  only what training needs (torch, and ``torch._dynamo``, which every
-  ``torch.optim`` step imports) and returns the received model at once: what
-  a round costs before any training;
+  torch and returns the received model at once (no ``torch._dynamo``: the
+  ClientApp's training no longer imports it): what a round costs before any
+  training;
 * ``simulated``: Flower's Ray backend in one process (``fedforget.simulation``).
 
 The ClientApp and the ServerApp's grid write wall-clock timestamps
@@ -18,8 +18,13 @@ the push of round r's messages to the push of round r+1's, is split along
 its critical path (the client whose reply came last) into segments that add
 up to the period: waiting for the SuperNode and SuperExec polls, the
 ClientApp process's start, imports, config, data, arrays in, training,
-reply, Flower's push and process exit, reply collection, and the ServerApp's
-own work (aggregation, test-set evaluation, the next round's messages).
+reply, Flower's push and process exit, reply collection (split into the wait
+for the SuperNode's reply check, the upload and the grid's next pull, and the
+pull that brought the last replies: downloading their arrays, with Flower's
+1 s ``PULL_INITIAL_BACKOFF`` when a reply's arrays were not all uploaded yet),
+and the ServerApp's own work (aggregation, test-set evaluation, the next
+round's messages). ``pull_backoffs`` counts the pulls of replies that took
+0.8 s or more (a backoff: jittered +-20 % around 1 s).
 
 A fresh process that does what a ClientApp process does, run under
 ``python -X importtime``, splits the imports by package and times the
@@ -55,8 +60,10 @@ from fedforget.grid import REPLY_POLL_INTERVAL_S, SIMULATION_REPLY_POLL_INTERVAL
 from fedforget.timing import TIMING_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
+BACKOFF_S = 0.8
+"""A pull of replies this long waited out Flower's first backoff (1 s +- 20 %)."""
 FLOOR_MODULE = "floor_client"
-FLOOR_CLIENT = '''"""The floor: a ClientApp that imports what training needs and returns at once."""
+FLOOR_CLIENT = '''"""The floor: a ClientApp that imports torch and returns at once."""
 
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -81,10 +88,9 @@ def train(message, context):
     server_round = int(message.content["config"]["server-round"])
     about = {"partition": context.node_config["partition-id"], "round": server_round}
     with timing.phases("train", **about) as mark:
-        # what training needs, imported where fedforget's is: torch, and torch._dynamo, which
-        # every torch.optim step imports (the replica's top_level_packages_first_loaded_by_training)
+        # what training needs, imported where fedforget's is: torch (and no torch._dynamo:
+        # fedforget's training uses torch.optim's functional updates)
         import torch  # noqa: F401
-        import torch._dynamo  # noqa: F401
 
         mark("imports")
         content = RecordDict(
@@ -234,8 +240,13 @@ def critical_path(
             parts.append(("Flower push of the reply + process exit", finished(last)))
         else:
             parts.append(("handler return", marks["end"]))
-        collection = "SuperNode reply check + upload + grid pull" if deployed else "Ray + grid pull"
-        parts.append((f"reply collection: {collection}", push["received"]))
+        collection = "SuperNode reply check + upload + grid poll" if deployed else "Ray + grid poll"
+        last_pull = push.get("pulls", [])[-1:]
+        if last_pull:
+            parts.append((f"reply collection: {collection}", last_pull[0][0]))
+            parts.append(("reply collection: the pull of the last replies", push["received"]))
+        else:
+            parts.append((f"reply collection: {collection}", push["received"]))
         parts.append(("ServerApp work (aggregate, evaluate, next messages)", next_push))
         at = push["pushed"]
         for name, until in parts:
@@ -248,6 +259,12 @@ def critical_path(
 def summarise(records: list[dict[str, Any]], first_round: int, deployed: bool) -> dict[str, Any]:
     """Median period, the critical path's median segments, the clients' median phases."""
     periods, segments, phases = critical_path(records, first_round, deployed)
+    pulls = [
+        seconds
+        for r in train_pushes(records).values()
+        if r["rounds"][0] >= first_round
+        for _, seconds, _ in r.get("pulls", [])
+    ]
     if not periods:
         raise RuntimeError(
             f"no round from {first_round} on was measured completely: "
@@ -258,6 +275,11 @@ def summarise(records: list[dict[str, Any]], first_round: int, deployed: bool) -
         "median_round_s": round(median(periods), 3),
         "critical_path_median_s": {k: round(median(v), 3) for k, v in segments.items()},
         "client_phase_median_s": {k: round(median(v), 3) for k, v in phases.items()},
+        "reply_pulls": {
+            "count": len(pulls),
+            "median_s": round(median(pulls), 3),
+            "backoffs (>= 0.8 s)": sum(s >= BACKOFF_S for s in pulls),
+        },
     }
 
 
@@ -389,6 +411,7 @@ def main() -> None:
         unlearn_at_round=0,
         progress=False,
     )
+    load_at_start = [round(v, 2) for v in os.getloadavg()]
     with tempfile.TemporaryDirectory() as folder:
         work = args.keep.resolve() if args.keep else Path(folder)
         work.mkdir(parents=True, exist_ok=True)
@@ -424,6 +447,10 @@ def main() -> None:
             "ClientApp process), they decide only how soon a dead node is noticed",
             "critical_path": "segments of the client whose reply came last; they add up to "
             "the round (push of round r to push of round r+1)",
+        },
+        "load_average_1_5_15_min": {
+            "start": load_at_start,
+            "end": [round(v, 2) for v in os.getloadavg()],
         },
         "deployed": deployed,
         "floor": floor,

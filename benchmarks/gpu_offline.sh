@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # gpu_client_training.py on a GPU machine that reaches no package registry
-# (such as the lent H100: Python 3.12 with torch and torchvision, no flwr).
+# (such as the lent H100: Python 3.12 with torch and torchvision, no flwr, no ray).
 #
 #   bash benchmarks/gpu_offline.sh download .gpu-wheels    # here, with PyPI: the wheels
 #   OUT=out bash benchmarks/gpu_offline.sh run .gpu-wheels # there, from the repo root
 #
-# WHEELS/*.whl       flwr 1.42.0 and what its import chain needs beyond such a machine
-# WHEELS/fallback/   protobuf, grpcio, typer, click, rich: installed only where the
-#                    machine's own versions fall outside what flwr 1.42 accepts
-# WHEELS/extras/     flwr's server-side dependencies, installed only if the import check
-#                    fails without them (the ClientApp path does not import them)
+# WHEELS/*.whl         flwr 1.42.0 and what its import chain needs beyond such a machine
+# WHEELS/fallback/     protobuf, grpcio, typer, click, rich: installed only where the
+#                      machine's own versions fall outside what flwr 1.42 accepts
+# WHEELS/extras/       flwr's server-side dependencies, installed only if the import check
+#                      fails without them (the ClientApp path does not import them)
+# WHEELS/simulation/   ray 2.55.1 (flwr[simulation]'s pin; about 70 MB) and its dependencies,
+#                      each installed only if the machine lacks it
 # Packages go to /tmp/gpupkgs; the project runs from the repo root through PYTHONPATH.
+# The benchmark takes a few minutes (five parts; three start a Ray simulation).
 set -euo pipefail
 MODE=${1:?usage: gpu_offline.sh download|run WHEELS}
 WHEELS=${2:?usage: gpu_offline.sh download|run WHEELS}
@@ -33,6 +36,8 @@ if [ "$MODE" = download ]; then
         "rich<15"
     get "$WHEELS/extras" sqlalchemy greenlet alembic mako fastapi starlette pydantic \
         pydantic-core annotated-types typing-inspection annotated-doc uvicorn
+    get "$WHEELS/simulation" ray==2.55.1 msgpack jsonschema jsonschema-specifications \
+        referencing rpds-py attrs filelock pyyaml requests urllib3 idna charset-normalizer certifi
     exit 0
 fi
 [ "$MODE" = run ] || { echo "unknown mode $MODE: use download or run" >&2; exit 2; }
@@ -90,8 +95,29 @@ EOF
         "$PY" -m pip install --disable-pip-version-check --no-index --no-deps --target "$TARGET" "${files[@]}"
     fi
 
+    # ray and its dependencies, each only where the machine lacks the distribution
+    MISSING=""
+    [ -d "$WHEELS/simulation" ] && MISSING=$("$PY" - "$WHEELS"/simulation/*.whl <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+for wheel in sys.argv[1:]:
+    name = Path(wheel).name.split("-")[0]
+    try:
+        version(name)
+    except PackageNotFoundError:
+        print(wheel)
+EOF
+)
+    if [ -n "$MISSING" ]; then
+        echo "installing simulation wheels:" $MISSING
+        # shellcheck disable=SC2086
+        "$PY" -m pip install --disable-pip-version-check --no-index --no-deps --target "$TARGET" $MISSING
+    fi
+
     check() {
-        PYTHONPATH="$PYPATH" "$PY" -c 'import flwr, fedforget.task, clients.client_app; print("imports ok", flwr.__version__)'
+        PYTHONPATH="$PYPATH" "$PY" -c 'import flwr, ray, fedforget.task, clients.client_app, fedforget.simulation, flwr.simulation; print("imports ok", flwr.__version__, "ray", ray.__version__)'
     }
     if ! check; then
         echo "import check failed: adding $WHEELS/extras and retrying"
@@ -102,5 +128,5 @@ EOF
     nvidia-smi -L
 } 2>&1 | tee "$OUT/gpu_setup.log"
 
-PYTHONPATH="$PYPATH" "$PY" benchmarks/gpu_client_training.py --rounds 3 --out "$OUT" 2>&1 \
+PYTHONPATH="$PYPATH" "$PY" benchmarks/gpu_client_training.py --rounds 4 --out "$OUT" 2>&1 \
     | tee "$OUT/gpu_run.log"

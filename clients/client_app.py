@@ -23,6 +23,8 @@ from fedforget.methods import method_class, method_names
 from fedforget.protocol import (
     ARRAYS_KEY,
     CONFIG_KEY,
+    EVALUATE_REQUEST,
+    EVALUATION_KEY,
     EXAMPLES_KEY,
     IDENTITY_RECORD,
     METRICS_KEY,
@@ -98,7 +100,13 @@ def query(message: Message, context: Context) -> Message:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    """Train the received global model on the local partition."""
+    """Train the received global model on the local partition.
+
+    A message that also asks for the evaluation of the received model
+    (``EVALUATE_REQUEST``: the server folds client evaluation into training)
+    gets it, computed before training, in the reply's ``EVALUATION_KEY``
+    record: one message, and one ClientApp process, instead of two.
+    """
     with timing.phases("train", **about(message, context)) as mark:
         from fedforget.data.datasets import load_federated_data
         from fedforget.task import received_model, train_client
@@ -110,10 +118,16 @@ def train(message: Message, context: Context) -> Message:
         mark("data")
         model = received_model(config, message.content[ARRAYS_KEY].to_torch_state_dict())
         mark("arrays-in")
+        evaluation = None
+        if EVALUATE_REQUEST in message.content.config_records:
+            evaluation = evaluation_metrics(config, context, model)
+            mark("evaluate")
         server_round = int(message.content[CONFIG_KEY][ROUND_KEY])
         loss, num_examples = train_client(config, partition_id(context), model, server_round)
         mark("train")
         reply = model_reply(message, context, model, loss, num_examples)
+        if evaluation is not None:
+            reply.content[EVALUATION_KEY] = evaluation
         mark("reply")
         return reply
 
@@ -174,7 +188,7 @@ def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the received global model on the local partition."""
     with timing.phases("evaluate", **about(message, context)) as mark:
         from fedforget.data.datasets import load_federated_data
-        from fedforget.task import evaluate_client, received_model, score_name
+        from fedforget.task import received_model
 
         mark("imports")
         config = task_config(message)
@@ -183,18 +197,21 @@ def evaluate(message: Message, context: Context) -> Message:
         mark("data")
         model = received_model(config, message.content[ARRAYS_KEY].to_torch_state_dict())
         mark("arrays-in")
-        loss, score, num_examples = evaluate_client(config, partition_id(context), model)
+        metrics = evaluation_metrics(config, context, model)
         mark("evaluate")
-        score_key = "eval-acc" if score_name(config) == "accuracy" else "eval-dice"
-        content = RecordDict(
-            {
-                METRICS_KEY: MetricRecord(
-                    {"eval-loss": loss, score_key: score, EXAMPLES_KEY: num_examples}
-                ),
-                IDENTITY_RECORD: identity(context),
-            }
-        )
+        content = RecordDict({METRICS_KEY: metrics, IDENTITY_RECORD: identity(context)})
         return Message(content=content, reply_to=message)
+
+
+def evaluation_metrics(
+    config: FederationConfig, context: Context, model: nn.Module
+) -> MetricRecord:
+    """Loss, score (``eval-acc`` or ``eval-dice``) and examples of ``model`` on the partition."""
+    from fedforget.task import evaluate_client, score_name
+
+    loss, score, num_examples = evaluate_client(config, partition_id(context), model)
+    score_key = "eval-acc" if score_name(config) == "accuracy" else "eval-dice"
+    return MetricRecord({"eval-loss": loss, score_key: score, EXAMPLES_KEY: num_examples})
 
 
 def about(message: Message, context: Context) -> dict[str, object]:

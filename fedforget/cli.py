@@ -142,7 +142,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--num-gpus",
         type=float,
         help="GPU share of each virtual client, e.g. 0.25 = four clients per GPU "
-        "(default: 0.25 when a GPU is visible, else 0)",
+        "(default with a visible GPU: 1/k for the k clients its memory holds, at most 16; "
+        "else 0)",
     )
     parser.add_argument(
         "--ray-address",

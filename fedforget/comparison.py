@@ -99,6 +99,7 @@ _NOT_IN_REFERENCE_KEY = (
     "round-timeout",
     "state-dir",
     "device",
+    "mixed-precision",
     "download",
     "fraction-evaluate",
     "api-enabled",
@@ -702,6 +703,7 @@ def run_comparison(
         config.num_partitions,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
+        workload=config,
     )
     if not comparison.reference_cached:
         save_reference(config, comparison.reference)
@@ -763,6 +765,7 @@ def run_main_job(
             config.num_partitions,
             num_cpus=num_cpus,
             num_gpus=num_gpus,
+            workload=ref,
         )
         save_reference(config, reference)
     reference_score = _evaluate(config, reference.arrays).test_score

@@ -110,6 +110,8 @@ class FederationConfig:
     device: str = "auto"
     # --- plug-ins: modules that register datasets, models or methods in every process
     plugins: str = ""
+    mixed_precision: bool = True
+    """bf16 autocast of the forward pass on a CUDA device that supports it (no effect on CPUs)."""
     # --- per-method settings: ("table.key", value) pairs that differ from the defaults
     method_settings: tuple[tuple[str, ConfigValue], ...] = ()
 

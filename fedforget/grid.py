@@ -9,7 +9,10 @@ round's messages by one more poll. :class:`PromptGrid` keeps the Grid as it
 is and implements ``send_and_receive`` with the Grid's own public
 ``push_messages`` / ``pull_messages`` and a shorter interval. With
 ``FEDFORGET_TIMING_LOG`` set (:mod:`fedforget.timing`) it logs when each
-batch of messages was pushed and when its replies were all in.
+batch of messages was pushed, when its replies were all in, and how long each
+pull that brought replies took (a deployment's pull downloads the replies'
+arrays, and backs off 1 s when a reply's arrays are not all uploaded yet:
+Flower's ``PULL_INITIAL_BACKOFF``).
 """
 
 from __future__ import annotations
@@ -102,8 +105,12 @@ class PromptGrid(Grid):
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
+        pulls: list[list[float]] = []  # [start, seconds, replies] of each pull that brought some
         while pending:
+            started = time.time()
             arrived = list(self.pull_messages(pending))
+            if arrived:
+                pulls.append([started, time.time() - started, len(arrived)])
             replies.extend(arrived)
             pending.difference_update(reply.metadata.reply_to_message_id for reply in arrived)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
@@ -122,6 +129,7 @@ class PromptGrid(Grid):
                     "replies": len(replies),
                     "pushed": pushed,
                     "received": time.time(),
+                    "pulls": pulls,
                 }
             )
         return replies

@@ -22,6 +22,11 @@ ROUND_KEY = "server-round"
 """Config key of the round a message belongs to."""
 STEP_ARRAYS_PREFIX = "step-"
 """Prefix of extra ArrayRecords a method's client step receives (``step-<name>``)."""
+EVALUATE_REQUEST = "evaluate-received"
+"""ConfigRecord of a train message that also asks for the client evaluation of the model it
+carries, before training (its ``server-round``: the round whose model that is)."""
+EVALUATION_KEY = "evaluation"
+"""MetricRecord of a train reply with that evaluation (the keys of an evaluate reply's)."""
 
 
 def client_id_of_node(node_id: int) -> str:

@@ -217,6 +217,7 @@ def simulate_app(
     num_gpus: float | None = None,
     verbose: bool = False,
     ray_address: str | None = None,
+    workload: FederationConfig | None = None,
 ) -> T:
     """Run ``server_main(grid)`` as the ServerApp of a Ray simulation; return what it returns.
 
@@ -234,13 +235,17 @@ def simulate_app(
         CPUs of the private Ray instance (all if None); refused with a cluster,
         whose CPUs each node's ``ray start --num-cpus`` sets.
     num_gpus : float | None (default: None)
-        GPU share of each virtual client (see :func:`backend_config`).
+        GPU share of each virtual client (see :func:`backend_config`); None
+        with ``workload`` and a visible GPU: the share its clients fit
+        (:func:`fedforget.gpu_share.client_gpu_share`).
     verbose : bool (default: False)
         Show Flower's and Ray's logs.
     ray_address : str | None (default: None)
         Attach to the Ray cluster at this address (``host:port`` of its head,
         or ``auto``); None = ``$RAY_ADDRESS`` when set, else a private Ray
         instance on this machine.
+    workload : FederationConfig | None (default: None)
+        The federation the clients train: sizes their GPU share.
 
     """
     from flwr.app import Context
@@ -250,6 +255,10 @@ def simulate_app(
     from clients.client_app import app as client_app
     from fedforget.grid import SIMULATION_REPLY_POLL_INTERVAL_S, PromptGrid
 
+    if num_gpus is None and workload is not None:
+        from fedforget.gpu_share import client_gpu_share
+
+        num_gpus = client_gpu_share(workload)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not verbose:
@@ -322,4 +331,5 @@ def simulate(
         num_gpus=num_gpus,
         verbose=verbose,
         ray_address=ray_address,
+        workload=config,
     )

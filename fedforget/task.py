@@ -19,7 +19,7 @@ from fedforget.data import FederatedData, load_federated_data
 from fedforget.data.augment import get_augmentation
 from fedforget.methods.base import ClientData
 from fedforget.models import build_model, load_pretrained
-from fedforget.training import evaluate_task, resolve_device, train
+from fedforget.training import evaluate_task, resident, resolve_device, train
 
 SCORE_NAMES = {"classification": "accuracy", "segmentation": "dice"}
 
@@ -102,37 +102,48 @@ def train_client(
     config: FederationConfig, partition_id: int, model: nn.Module, server_round: int
 ) -> tuple[float, int]:
     """Train ``model`` in place on one client's partition; return (mean loss, examples)."""
-    federated = load_federated_data(config)
-    index = partition_index(config, partition_id)
-    data = federated.data
+    x, y, task = partition_data(config, partition_id)
     loss = train(
         model,
-        data.train_x[index],
-        data.train_y[index],
+        x,
+        y,
         epochs=config.local_epochs,
         batch_size=config.batch_size,
         lr=config.lr_at(server_round),
         seed=client_seed(config, server_round, partition_id),
-        task=data.task,
+        task=task,
         optimizer=config.optimizer,
         weight_decay=config.weight_decay,
-        augmentation=get_augmentation(data.augmentation) if config.augment else None,
+        augmentation=get_augmentation(load_federated_data(config).data.augmentation)
+        if config.augment
+        else None,
         device=resolve_device(config.device),
+        mixed_precision=config.mixed_precision,
     )
-    return loss, len(index)
+    return loss, len(y)
+
+
+def partition_data(
+    config: FederationConfig, partition_id: int
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """One client's training examples and labels, on the config's device, and the task type.
+
+    On an accelerator the data set is copied to the device once per process
+    (:func:`fedforget.training.resident`) and the partition taken there.
+    """
+    data = load_federated_data(config).data
+    device = resolve_device(config.device)
+    index = partition_index(config, partition_id).to(device)
+    return resident(data.train_x, device)[index], resident(data.train_y, device)[index], data.task
 
 
 def evaluate_client(
     config: FederationConfig, partition_id: int, model: nn.Module
 ) -> tuple[float, float, int]:
     """Loss and score (accuracy, or Dice for segmentation) on one client's training data."""
-    federated = load_federated_data(config)
-    index = partition_index(config, partition_id)
-    data = federated.data
-    metrics = evaluate_task(
-        model, data.train_x[index], data.train_y[index], data.task, resolve_device(config.device)
-    )
-    return metrics["loss"], metrics[SCORE_NAMES[data.task]], len(index)
+    x, y, task = partition_data(config, partition_id)
+    metrics = evaluate_task(model, x, y, task, resolve_device(config.device))
+    return metrics["loss"], metrics[SCORE_NAMES[task]], len(y)
 
 
 def evaluate_global_metrics(
@@ -141,19 +152,19 @@ def evaluate_global_metrics(
     """A global model on the test set: ``loss`` and ``accuracy``, or ``dice`` and ``dice_fg``."""
     data = load_federated_data(config).data
     model = model_with(config, arrays)
-    return evaluate_task(model, data.test_x, data.test_y, data.task, resolve_device(config.device))
+    device = resolve_device(config.device)
+    x, y = resident(data.test_x, device), resident(data.test_y, device)
+    return evaluate_task(model, x, y, data.task, device)
 
 
 def client_data(config: FederationConfig, partition_id: int) -> ClientData:
     """One client's training data, as a method's client step sees it."""
-    federated = load_federated_data(config)
-    index = partition_index(config, partition_id)
-    data = federated.data
+    x, y, task = partition_data(config, partition_id)
     return ClientData(
-        x=data.train_x[index],
-        y=data.train_y[index],
-        task=data.task,
-        num_classes=data.num_classes,
+        x=x,
+        y=y,
+        task=task,
+        num_classes=load_federated_data(config).data.num_classes,
         batch_size=config.batch_size,
         device=resolve_device(config.device),
     )

@@ -86,3 +86,11 @@ def test_importing_the_clientapp_loads_no_torch(process):
     at_import = process["after_import"]
     assert not loaded(at_import, "torch") and not loaded(at_import, "fedforget.task")
     assert not [p for p in FORBIDDEN if loaded(at_import, p)]
+
+
+def test_training_imports_no_dynamo(process):
+    """torch.optim's optimiser constructor imports torch._dynamo, sympy and triton (over a
+    second in a fresh process); the ClientApp's training uses torch.optim's functional updates."""
+    modules = process["after_train"]
+    assert not [p for p in ("torch._dynamo", "sympy", "triton") if loaded(modules, p)]
+    assert process["loss"] > 0.0  # it did train

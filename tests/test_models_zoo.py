@@ -115,7 +115,12 @@ def test_optimizers_and_decoupled_weight_decay():
     param.grad = torch.zeros(3)
     opt.step()
     assert torch.allclose(param.detach(), torch.full((3,), 1 - 0.1 * 1e-3))
-    assert isinstance(make_optimizer("adamw", [param], 3e-4, 1e-3), torch.optim.AdamW)
+    # AdamW decouples the decay: a zero gradient leaves Adam's step at 0, the decay alone acts
+    decoupled = nn.Parameter(torch.ones(3))
+    adamw = make_optimizer("adamw", [decoupled], 3e-4, 1e-3)
+    decoupled.grad = torch.zeros(3)
+    adamw.step()
+    assert torch.equal(decoupled.detach(), torch.full((3,), 1 - 3e-4 * 1e-3))
     with pytest.raises(ValueError, match="sgd, adam or adamw"):
         make_optimizer("lamb", [param], 0.1)
 

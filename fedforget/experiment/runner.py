@@ -149,6 +149,7 @@ class Runner:
                     lambda grid, seed=seed: self.run_seed(grid, seed),
                     self.spec.config.num_partitions,
                     num_cpus=self.num_cpus,
+                    workload=self.spec.config,
                 )
             if any(k.kind == "centralised" for k in missing):
                 self.run_centralised(seed)

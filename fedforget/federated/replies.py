@@ -12,7 +12,7 @@ from flwr.app import Message
 from fedforget.arrays import Arrays, is_float_array, to_arrays
 from fedforget.federated.clients import ClientDirectory
 from fedforget.methods.base import ClientUpdate
-from fedforget.protocol import EXAMPLES_KEY, natural_order
+from fedforget.protocol import EVALUATION_KEY, EXAMPLES_KEY, natural_order
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +20,11 @@ logger = logging.getLogger(__name__)
 def check_reply(message: Message, sent: Arrays) -> tuple[str, Arrays, Arrays, int]:
     """('' or the reason to reject, returned arrays, update against ``sent``, examples)."""
     content = message.content
-    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+    # a train reply may also carry the evaluation of the model it received (EVALUATION_KEY)
+    records = [r for k, r in content.metric_records.items() if k != EVALUATION_KEY]
+    if len(content.array_records) != 1 or len(records) != 1:
         return "expected exactly one ArrayRecord and one MetricRecord", {}, {}, 0
-    metrics = next(iter(content.metric_records.values()))
+    metrics = records[0]
     count = metrics.get(EXAMPLES_KEY)
     if not isinstance(count, int | float) or not count > 0 or not math.isfinite(count):
         return f"{EXAMPLES_KEY} must be a positive number, got {count!r}", {}, {}, 0

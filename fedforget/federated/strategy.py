@@ -10,6 +10,16 @@ methods that keep history observe them) or hands them to the method. When a
 step completes, its targets are forgotten for good: every method erases what
 it kept of them and they are never sampled again, also under a new node id.
 
+Client evaluation (``fraction_evaluate`` > 0) is folded into training: the
+evaluation of the model after round r is asked of each sampled client in its
+train message of round r+1, which carries that very model, and comes back in
+the train reply (evaluated before training). A node then gets one message per
+round instead of two (each message a whole ClientApp process in a
+deployment). A sampled client that does not train in round r+1 with the
+global model (not drawn, or an unlearning step's own action) gets its own
+evaluate message, as after the last round. The metrics are the same and are
+recorded under round r.
+
 Stopping rule: with ``recovery_target`` > 0 the run ends at the first
 evaluation after a completed step whose ``recovery_metric`` reaches it (the
 retrained model's test accuracy in the paper's protocol); otherwise it runs
@@ -33,7 +43,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -64,7 +74,10 @@ from fedforget.methods.base import (
 from fedforget.protocol import (
     ARRAYS_KEY,
     CONFIG_KEY,
+    EVALUATE_REQUEST,
+    EVALUATION_KEY,
     IDENTITY_RECORD,
+    METRICS_KEY,
     ROUND_KEY,
     STEP_ARRAYS_PREFIX,
     natural_order,
@@ -117,6 +130,15 @@ class QueueOutcome:
 
 
 @dataclass
+class _DeferredEvaluation:
+    """A round's client evaluation, waiting to ride on the next round's train messages."""
+
+    server_round: int
+    messages: list[Message]
+    contents: list[RecordDict] = field(default_factory=list)
+
+
+@dataclass
 class _ActiveStep:
     step: UnlearningStep
     method: FederatedMethod
@@ -144,6 +166,10 @@ class UnlearningStrategy(FedAvg):
         Stop once ``recovery_metric`` reaches this after a step; 0 = never.
     recovery_metric : str (default: "accuracy")
         Key of the server-side evaluation MetricRecord the target refers to.
+    fold_evaluation : bool (default: True)
+        Ask for client evaluation in the next round's train messages where
+        the round allows it (see the module docstring); False = Flower's
+        evaluate messages after every round.
     **fedavg_kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
 
@@ -159,6 +185,7 @@ class UnlearningStrategy(FedAvg):
         local_epochs: float,
         recovery_target: float = 0.0,
         recovery_metric: str = "accuracy",
+        fold_evaluation: bool = True,
         **fedavg_kwargs: object,
     ) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
@@ -169,6 +196,11 @@ class UnlearningStrategy(FedAvg):
         self.local_epochs = local_epochs
         self.recovery_target = recovery_target
         self.recovery_metric = recovery_metric
+        self.fold_evaluation = fold_evaluation
+        self.client_evaluations: dict[int, MetricRecord] = {}
+        """Aggregated client evaluation of the model after each round (``fraction_evaluate``)."""
+        self._deferred: _DeferredEvaluation | None = None
+        self._timeout: float | None = None
         self.events: list[UnlearningEvent] = []
         self.rounds: list[RoundRecord] = []
         self.test_scores: list[tuple[int, float]] = []
@@ -233,6 +265,7 @@ class UnlearningStrategy(FedAvg):
                 result.evaluate_metrics_serverapp[0] = metrics
                 self._record_score(0, metrics)
         server_round = first_round
+        self._timeout = timeout
         while server_round <= num_rounds or self._active is not None:
             replies = grid.send_and_receive(
                 self.configure_train(server_round, arrays, train_config, grid), timeout=timeout
@@ -240,13 +273,14 @@ class UnlearningStrategy(FedAvg):
             new_arrays, _ = self.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = new_arrays
-            evaluation = grid.send_and_receive(
-                self.configure_evaluate(server_round, arrays, evaluate_config, grid),
-                timeout=timeout,
-            )
-            client_metrics = self.aggregate_evaluate(server_round, evaluation)
-            if client_metrics is not None:
-                result.evaluate_metrics_clientapp[server_round] = client_metrics
+            evaluation = list(self.configure_evaluate(server_round, arrays, evaluate_config, grid))
+            if evaluation and self.fold_evaluation:
+                self._deferred = _DeferredEvaluation(server_round, evaluation)
+            elif evaluation:
+                replies = grid.send_and_receive(evaluation, timeout=timeout)
+                client_metrics = self.aggregate_evaluate(server_round, replies)
+                if client_metrics is not None:
+                    self.client_evaluations[server_round] = client_metrics
             metrics = evaluate_fn(server_round, arrays) if evaluate_fn else None
             if metrics is not None:
                 result.evaluate_metrics_serverapp[server_round] = metrics
@@ -262,6 +296,8 @@ class UnlearningStrategy(FedAvg):
                 )
                 break
             server_round += 1
+        self._send_deferred(grid, self._deferred.messages if self._deferred else [])
+        result.evaluate_metrics_clientapp.update(self.client_evaluations)
         result.arrays = arrays
         return result
 
@@ -341,6 +377,7 @@ class UnlearningStrategy(FedAvg):
             phase, method_name = ("recover" if self.events else "train"), ""
         self._plan = plan
         messages, bytes_down = self._messages(server_round, plan, config, online)
+        messages = self._fold_deferred(grid, messages)
         asked = sorted(plan.clients, key=natural_order)
         self.rounds.append(
             RoundRecord(
@@ -385,11 +422,75 @@ class UnlearningStrategy(FedAvg):
             )
         return messages, per_message * len(messages)
 
+    def _fold_deferred(self, grid: Grid, messages: list[Message]) -> list[Message]:
+        """Ask the last round's evaluation in these train messages where they carry its model.
+
+        A train message carries the model the evaluation is of when the round
+        sends the global model and the message is an ordinary ``train``. The
+        other sampled clients' evaluate messages are sent now, on their own.
+        """
+        deferred = self._deferred
+        if deferred is None:
+            return messages
+        evaluated = {m.metadata.dst_node_id for m in deferred.messages}
+        carries_global = self._plan.arrays is self._global
+        folded: list[Message] = []
+        marked: RecordDict | None = None
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if carries_global and node in evaluated and message.metadata.message_type == "train":
+                if marked is None:
+                    marked = RecordDict(dict(message.content.items()))
+                    request = ConfigRecord({ROUND_KEY: deferred.server_round})
+                    marked[EVALUATE_REQUEST] = request
+                message = Message(content=marked, dst_node_id=node, message_type="train")
+                evaluated.discard(node)
+            folded.append(message)
+        self._send_deferred(
+            grid, [m for m in deferred.messages if m.metadata.dst_node_id in evaluated]
+        )
+        return folded
+
+    def _send_deferred(self, grid: Grid, messages: list[Message]) -> None:
+        """Send ``messages`` of the deferred evaluation on their own; record it if no more comes.
+
+        With no train message left to carry the rest (the run has ended) the
+        evaluation is complete once these replies are in.
+        """
+        deferred = self._deferred
+        if deferred is None:
+            return
+        if messages:
+            replies = grid.send_and_receive(messages, timeout=self._timeout)
+            deferred.contents += [reply.content for reply in replies if not reply.has_error()]
+        if len(messages) == len(deferred.messages):  # nothing rides on train messages
+            self._record_evaluation(deferred.server_round, deferred.contents)
+            self._deferred = None
+
+    def _record_evaluation(self, server_round: int, contents: list[RecordDict]) -> None:
+        """Aggregate a round's client evaluation replies (FedAvg's metric aggregation)."""
+        contents = [c for c in contents if c.metric_records]
+        if not contents:
+            return
+        metrics = self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)
+        self.client_evaluations[server_round] = metrics
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate replies, then average them or hand them to the step's method."""
+        """Validate replies, then average them or hand them to the step's method.
+
+        Client evaluations folded into the replies complete the last round's.
+        """
         replies = list(replies)
+        if self._deferred is not None:
+            deferred, self._deferred = self._deferred, None
+            deferred.contents += [
+                RecordDict({METRICS_KEY: reply.content[EVALUATION_KEY]})
+                for reply in replies
+                if not reply.has_error() and EVALUATION_KEY in reply.content.metric_records
+            ]
+            self._record_evaluation(deferred.server_round, deferred.contents)
         record = self.rounds[-1]
         record.bytes_up = sum(
             record_nbytes(m.content.array_records.values()) for m in replies if not m.has_error()

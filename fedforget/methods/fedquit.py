@@ -27,6 +27,7 @@ from fedforget.methods.base import (
     Needs,
     TargetStepMethod,
 )
+from fedforget.training import make_optimizer
 
 
 def virtual_teacher_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,7 @@ def fedquit_client_step(
     teacher = copy.deepcopy(model).eval()
     teacher.requires_grad_(False)
     model.train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=float(settings["lr"]))
+    optimiser = make_optimizer("adam", model.parameters(), float(settings["lr"]))
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     for _ in range(int(settings["epochs"])):

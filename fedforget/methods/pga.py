@@ -64,7 +64,7 @@ from fedforget.methods.base import (
     TargetStepMethod,
     UnlearningStep,
 )
-from fedforget.training import loss_function
+from fedforget.training import loss_function, make_optimizer
 
 TARGET_MODEL = "target-model"
 """Name of the extra ArrayRecord with the targets' latest local model."""
@@ -195,8 +195,8 @@ def pga_client_step(
         # a zero radius would pin the model to w_ref: the step would silently do nothing
         raise ValueError("pga.radius is 0: the server sends the radius with the step")
     stop_distance = float(settings["stop-distance-fraction"]) * radius
-    optimiser = torch.optim.SGD(
-        parameters, lr=float(settings["lr"]), momentum=float(settings["momentum"])
+    optimiser = make_optimizer(
+        "sgd", parameters, float(settings["lr"]), momentum=float(settings["momentum"])
     )
     criterion = loss_function(data.task)
     generator = torch.Generator().manual_seed(seed)
