@@ -22,7 +22,10 @@ and it records a SHA-256 of each array: a file that cannot be read or whose
 arrays do not match their checksums is rebuilt, never trusted.
 
 Set ``FEDFORGET_DATA_CACHE=0`` to build in every process instead (nothing is
-read or written).
+read or written). Container images, whose data is prepared when they are
+built, set ``FEDFORGET_DATA_PREPARED_ONLY=1``: arrays missing from the cache
+are then an error naming the build argument that prepares them
+(:class:`DataNotPreparedError`), not a build in every ClientApp process.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "FEDFORGET_CACHE"
 SWITCH_ENV = "FEDFORGET_DATA_CACHE"
+PREPARED_ONLY_ENV = "FEDFORGET_DATA_PREPARED_ONLY"
 FOLDER = "prepared"
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
@@ -60,6 +64,10 @@ class CorruptCacheError(ValueError):
     """A cache file that cannot be read or does not match its recorded checksums."""
 
 
+class DataNotPreparedError(RuntimeError):
+    """A run's data is not in the cache of an image that only reads prepared data."""
+
+
 def cache_root() -> Path:
     """The folder of prepared arrays: ``$FEDFORGET_CACHE/prepared``."""
     base = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "fedforget")
@@ -69,6 +77,11 @@ def cache_root() -> Path:
 def cache_enabled() -> bool:
     """False when ``FEDFORGET_DATA_CACHE`` is ``0`` / ``false`` / ``off``."""
     return os.environ.get(SWITCH_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def prepared_only() -> bool:
+    """True when ``FEDFORGET_DATA_PREPARED_ONLY`` is set (``1`` / ``true`` / ``on`` / ``yes``)."""
+    return os.environ.get(PREPARED_ONLY_ENV, "").strip().lower() in ("1", "true", "on", "yes")
 
 
 def cache_key(kind: str, settings: Mapping[str, object]) -> str:
@@ -120,6 +133,18 @@ def cached_arrays(
             return read_arrays(path)
         except CorruptCacheError as error:
             logger.warning("rebuilding %s: %s", path, error)
+    if prepared_only():
+        described = " ".join(  # the settings a user sets, not the digests derived from them
+            f"{key}={value!r}"
+            for key, value in sorted(settings.items())
+            if not (isinstance(value, str) and len(value) == 64)
+        )
+        raise DataNotPreparedError(
+            f"the {kind} of this run ({described}) is not prepared in {cache_root()}, and this "
+            f"image only reads prepared data ({PREPARED_ONLY_ENV}=1): rebuild the images with "
+            "the build argument PREPARE_RUN_CONFIG set to this run's data settings (e.g. "
+            "PREPARE_RUN_CONFIG='num-partitions=5'), or run with the settings they were built for"
+        )
     arrays = dict(build())
     try:
         write_arrays(path, arrays, {"kind": kind, "settings": dict(settings)})
