@@ -23,9 +23,10 @@ arrays do not match their checksums is rebuilt, never trusted.
 
 Set ``FEDFORGET_DATA_CACHE=0`` to build in every process instead (nothing is
 read or written). Container images, whose data is prepared when they are
-built, set ``FEDFORGET_DATA_PREPARED_ONLY=1``: arrays missing from the cache
-are then an error naming the build argument that prepares them
-(:class:`DataNotPreparedError`), not a build in every ClientApp process.
+built, set ``FEDFORGET_PREPARED_RUN_CONFIG`` to the run config prepared: arrays
+missing from the cache are then an error naming it and the build argument
+that prepares them (:class:`DataNotPreparedError`), not a build in every
+ClientApp process.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "FEDFORGET_CACHE"
 SWITCH_ENV = "FEDFORGET_DATA_CACHE"
-PREPARED_ONLY_ENV = "FEDFORGET_DATA_PREPARED_ONLY"
+PREPARED_ENV = "FEDFORGET_PREPARED_RUN_CONFIG"
 FOLDER = "prepared"
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
@@ -79,9 +80,12 @@ def cache_enabled() -> bool:
     return os.environ.get(SWITCH_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
-def prepared_only() -> bool:
-    """True when ``FEDFORGET_DATA_PREPARED_ONLY`` is set (``1`` / ``true`` / ``on`` / ``yes``)."""
-    return os.environ.get(PREPARED_ONLY_ENV, "").strip().lower() in ("1", "true", "on", "yes")
+def prepared_run_config() -> str | None:
+    """The run config an image prepared (``FEDFORGET_PREPARED_RUN_CONFIG``); None if unset.
+
+    When set, only prepared arrays are read: nothing is built.
+    """
+    return os.environ.get(PREPARED_ENV)
 
 
 def cache_key(kind: str, settings: Mapping[str, object]) -> str:
@@ -133,17 +137,19 @@ def cached_arrays(
             return read_arrays(path)
         except CorruptCacheError as error:
             logger.warning("rebuilding %s: %s", path, error)
-    if prepared_only():
+    prepared = prepared_run_config()
+    if prepared is not None:
         described = " ".join(  # the settings a user sets, not the digests derived from them
             f"{key}={value!r}"
             for key, value in sorted(settings.items())
             if not (isinstance(value, str) and len(value) == 64)
         )
         raise DataNotPreparedError(
-            f"the {kind} of this run ({described}) is not prepared in {cache_root()}, and this "
-            f"image only reads prepared data ({PREPARED_ONLY_ENV}=1): rebuild the images with "
-            "the build argument PREPARE_RUN_CONFIG set to this run's data settings (e.g. "
-            "PREPARE_RUN_CONFIG='num-partitions=5'), or run with the settings they were built for"
+            f"the {kind} of this run ({described}) are not prepared in this image, which was "
+            f"built with PREPARE_RUN_CONFIG={prepared!r} ({PREPARED_ENV}): run with those data "
+            "settings (num-partitions must be the SuperNodes'), or rebuild the images with the "
+            "build argument PREPARE_RUN_CONFIG set to this run's (e.g. "
+            "docker-compose build --build-arg PREPARE_RUN_CONFIG='num-partitions=5')"
         )
     arrays = dict(build())
     try:
