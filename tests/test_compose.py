@@ -44,6 +44,7 @@ def layout(tls: TlsFiles | None) -> DeploymentLayout:
         supernode_ports=(9094, 9094, 9094),
         state_dir="/state",
         tls=tls,
+        serverapp_process=True,
     )
 
 
@@ -62,14 +63,24 @@ def service_command(spec: dict) -> list[str]:
 def test_compose_commands_are_the_local_deployment_commands(files, tls):
     services = compose(*files)["services"]
     expected = layout(tls)
-    assert sorted(services) == ["superlink", "supernode-0", "supernode-1", "supernode-2"]
+    assert sorted(services) == [
+        "serverapp",
+        "superlink",
+        "supernode-0",
+        "supernode-1",
+        "supernode-2",
+    ]
     assert service_command(services["superlink"]) == expected.superlink_command()
+    assert service_command(services["serverapp"]) == expected.serverapp_command()
     for partition in range(3):
         spec = services[f"supernode-{partition}"]
         assert service_command(spec) == expected.supernode_command(partition)
         assert "data:/data:ro" in spec["volumes"]
-    assert "8080:8080" in services["superlink"]["ports"]  # the unlearning API
-    assert any(v.startswith("state:/state") for v in services["superlink"]["volumes"])
+    # published on the host's loopback only: the unlearning API and the Flower CLI's port
+    assert services["serverapp"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert services["superlink"]["ports"] == ["127.0.0.1:9093:9093"]
+    assert "state:/state" in services["serverapp"]["volumes"]
+    assert "superlink:/state" in services["superlink"]["volumes"]
 
 
 @cache
@@ -102,12 +113,24 @@ def test_local_deployment_flags_exist_in_the_installed_flower_cli(tmp_path):
             assert flags <= cli_options(command[0])
 
 
-def test_dockerfiles_build_on_the_pinned_official_images():
+@pytest.mark.parametrize(
+    ("dockerfile", "image"),
+    [
+        ("docker/superlink/Dockerfile", "flwr/superlink:{version}"),
+        ("server/Dockerfile", "flwr/superexec:{version}-py3.11-ubuntu24.04"),
+        ("clients/Dockerfile", "flwr/supernode:{version}-py3.11-ubuntu24.04"),
+    ],
+)
+def test_dockerfiles_build_on_the_pinned_official_images_by_default(dockerfile, image):
+    """The base is a build argument whose default is Flower's image of the pinned version."""
     import flwr
 
-    version = flwr.__version__
-    assert f"FROM flwr/superlink:{version}" in (ROOT / "server" / "Dockerfile").read_text()
-    assert f"FROM flwr/supernode:{version}" in (ROOT / "clients" / "Dockerfile").read_text()
+    text = (ROOT / dockerfile).read_text()
+    assert f"ARG BASE_IMAGE={image.format(version=flwr.__version__)}\nFROM ${{BASE_IMAGE}}" in text
+    # the offline build changes only the base and pip's source
+    offline = yaml.safe_load((ROOT / "docker-compose.offline.yml").read_text())
+    for name, spec in offline["services"].items():
+        assert set(spec["build"]["args"]) == {"BASE_IMAGE", "PIP_SOURCE"}, name
 
 
 @pytest.mark.parametrize("dockerfile", ["server/Dockerfile", "clients/Dockerfile"])
@@ -117,10 +140,14 @@ def test_images_prepare_the_data_and_poll_like_the_local_deployment(dockerfile):
     from fedforget.deploy import TASK_POLL_INTERVAL_ENV, TASK_POLL_INTERVAL_S
 
     text = (ROOT / dockerfile).read_text()
+    from fedforget.data.cache import PREPARED_ENV
+
     assert f"{TASK_POLL_INTERVAL_ENV}={TASK_POLL_INTERVAL_S}" in text
     assert f"{CACHE_ENV}=/app/cache" in text
     assert "python -m compileall" in text
-    assert 'python -m fedforget.data.prepare --run-config "$PREPARE_RUN_CONFIG"' in text
+    prepare = 'python -m fedforget.data.prepare --run-config "$PREPARE_RUN_CONFIG"'
+    refuse = f'ENV {PREPARED_ENV}="${{PREPARE_RUN_CONFIG}}"'
+    assert prepare in text and refuse in text and text.index(prepare) < text.index(refuse)
 
 
 def test_images_prepare_the_data_of_the_compose_federation():
@@ -134,6 +161,8 @@ def test_images_prepare_the_data_of_the_compose_federation():
         if name.startswith("supernode-")
     }
     for name, spec in services.items():
+        if name == "superlink":
+            continue  # runs no fedforget code
         prepared = parse_run_config(spec["build"]["args"]["PREPARE_RUN_CONFIG"])
         assert {prepared.num_partitions} == partitions, name
     for dockerfile in ("server/Dockerfile", "clients/Dockerfile"):
@@ -401,8 +430,9 @@ def scenario(compose: Compose, folder: Path, start: str, bad_input: bool) -> Non
             assert "1" not in record["participants"] + record["contributors"], record
     # the second run resumed from the first one's checkpoint, which ended when its container did
     runs = json.loads(compose.flwr("ls", "compose", "--format", "json"))["runs"]
-    assert sorted(r["status"] for r in runs) == ["finished:completed", "finished:failed"], runs
-    resumed = next(r["run-id"] for r in runs if r["status"] == "finished:completed")
+    completed = [r["run-id"] for r in runs if r["status"] == "finished:completed"]
+    assert len(completed) == 1 and len(runs) == (5 if bad_input else 2), runs
+    resumed = completed[0]
     assert "resuming from the checkpoint of round" in compose.flwr(
         "log", str(resumed), "compose", "--show"
     )
