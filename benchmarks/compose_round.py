@@ -39,7 +39,10 @@ CLIENTS = 3
 
 def compose_rounds(keys: str, work: Path) -> list[float]:
     """Round times of one run on docker-compose.yml (brought up and down here)."""
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "FLWR_TELEMETRY_ENABLED": "0"}
+    # docker-compose is a program of the system's Python: none of this process's PYTHON* variables
+    # (the simulation's Ray sets PYTHONPATH to this environment's packages)
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    env = {**clean, "COMPOSE_PROJECT_NAME": PROJECT, "FLWR_TELEMETRY_ENABLED": "0"}
 
     def compose(*arguments: str) -> str:
         done = subprocess.run(
