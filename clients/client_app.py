@@ -28,6 +28,7 @@ from fedforget.protocol import (
     EXAMPLES_KEY,
     IDENTITY_RECORD,
     METRICS_KEY,
+    NUM_PARTITIONS_KEY,
     PARTITION_ID_KEY,
     ROUND_KEY,
     STEP_ARRAYS_PREFIX,
@@ -54,8 +55,15 @@ def partition_id(context: Context) -> int:
 
 
 def identity(context: Context) -> ConfigRecord:
-    """The record by which the server recognises this client."""
-    return ConfigRecord({PARTITION_ID_KEY: partition_id(context)})
+    """The record by which the server recognises this client.
+
+    It carries the node's ``num-partitions`` too, when its node config has one,
+    so that the server can refuse a run whose partition count differs.
+    """
+    record = ConfigRecord({PARTITION_ID_KEY: partition_id(context)})
+    if NUM_PARTITIONS_KEY in context.node_config:
+        record[NUM_PARTITIONS_KEY] = int(context.node_config[NUM_PARTITIONS_KEY])
+    return record
 
 
 def task_config(message: Message) -> FederationConfig:

@@ -9,6 +9,9 @@ keeps them identical and checks every flag against the installed Flower CLI):
 * SuperNode i: ``flower-supernode --superlink H:P --port P_i --node-config
   "partition-id=i num-partitions=N"`` (``--insecure``, or
   ``--root-certificates ca.crt``). Each ClientApp message runs in a subprocess.
+* With ``serverapp_process`` (docker-compose.yml): the SuperLink runs with
+  ``--isolation process`` and ``flower-superexec --runtime-api-address H:P``
+  runs the ServerApp, so the run outlives a SuperLink restart.
 * The app: ``flwr run <app> local-deployment --stream`` with ``FLWR_HOME`` in
   the run directory (never the user's ``~/.flwr``).
 
@@ -85,6 +88,11 @@ class DeploymentLayout:
     supernode_ports: tuple[int, ...] = ()
     state_dir: str = "state"
     tls: TlsFiles | None = None
+    serverapp_process: bool = False
+    """Run the ServerApp outside the SuperLink (``--isolation process``): a
+    ``flower-superexec`` process (:meth:`serverapp_command`) takes the run's
+    ServerApp task from the SuperLink and starts it, so a restarted SuperLink
+    does not end the run (docker-compose.yml's ``serverapp`` container)."""
 
     @property
     def superlink_address(self) -> str:
@@ -105,9 +113,11 @@ class DeploymentLayout:
             if self.tls
             else ["--insecure"]
         )
+        isolation = ["--isolation", "process"] if self.serverapp_process else []
         return [
             "flower-superlink",
             *security,
+            *isolation,
             "--database",
             f"{self.state_dir}/superlink.db",
             "--host",
@@ -116,6 +126,11 @@ class DeploymentLayout:
             str(self.superlink_port),
             "--disable-runtime-dependency-installation",
         ]
+
+    def serverapp_command(self) -> list[str]:
+        """The command of the process that runs ServerApps (with ``serverapp_process``)."""
+        security = ["--root-certificates", self.tls.ca_cert] if self.tls else ["--insecure"]
+        return ["flower-superexec", *security, "--runtime-api-address", self.superlink_address]
 
     def supernode_port(self, partition_id: int) -> int:
         """Port of SuperNode ``partition_id``'s ClientApp API (default 9094 + id)."""
@@ -137,17 +152,20 @@ class DeploymentLayout:
             f"partition-id={partition_id} num-partitions={self.num_supernodes}",
         ]
 
-    def connection_toml(self) -> str:
-        """The ``config.toml`` of the deployment's FLWR_HOME."""
+    def connection_toml(self, name: str = CONNECTION) -> str:
+        """The ``config.toml`` of a FLWR_HOME whose default connection ``name`` is this one.
+
+        Flower needs the CA certificate's path absolute: it is resolved here.
+        """
         lines = [
             "[superlink]",
-            f'default = "{CONNECTION}"',
+            f'default = "{name}"',
             "",
-            f"[superlink.{CONNECTION}]",
+            f"[superlink.{name}]",
             f'address = "{self.superlink_address}"',
         ]
         if self.tls:
-            lines.append(f'root-certificates = "{self.tls.ca_cert}"')
+            lines.append(f'root-certificates = "{Path(self.tls.ca_cert).resolve()}"')
         else:
             lines.append("insecure = true")
         return "\n".join(lines) + "\n"
@@ -163,7 +181,11 @@ class LocalDeployment:
 
     @classmethod
     def create(
-        cls, run_dir: Path, num_supernodes: int, tls: TlsFiles | None = None
+        cls,
+        run_dir: Path,
+        num_supernodes: int,
+        tls: TlsFiles | None = None,
+        serverapp_process: bool = False,
     ) -> LocalDeployment:
         """A new deployment in ``run_dir`` on free loopback ports."""
         run_dir = run_dir.resolve()
@@ -174,6 +196,7 @@ class LocalDeployment:
             supernode_ports=tuple(ports[1:]),
             state_dir=str(run_dir / "state"),
             tls=tls,
+            serverapp_process=serverapp_process,
         )
         return cls(run_dir, layout)
 
@@ -205,6 +228,8 @@ class LocalDeployment:
         (self.flwr_home / "config.toml").write_text(self.layout.connection_toml())
         self._start("superlink", self.layout.superlink_command(), self.tuning())
         wait_for_port(self.layout.superlink_host, self.layout.superlink_port)
+        if self.layout.serverapp_process:
+            self._start("serverapp", self.layout.serverapp_command(), self.tuning())
         for partition_id in range(self.layout.num_supernodes):
             self.start_supernode(partition_id)
 

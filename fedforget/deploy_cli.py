@@ -4,11 +4,15 @@ fedforget deploy up --run-dir runs/deploy --supernodes 3 [--tls]
 fedforget deploy app --run-dir runs/deploy --run-config "num-partitions=3 ..."
 fedforget deploy down --run-dir runs/deploy
 fedforget deploy certs --out certs
+fedforget deploy connect --flwr-home .flwr-compose --superlink 127.0.0.1:9093 \
+    [--root-certificates certs/ca.crt]
+fedforget deploy token --state-dir /state
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 DEFAULT_RUN_DIR = "runs/deploy"
@@ -37,6 +41,26 @@ def add_deploy_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     down.add_argument("--run-dir", default=DEFAULT_RUN_DIR, type=Path)
     certs = actions.add_parser("certs", help="write a demo CA and SuperLink certificate")
     certs.add_argument("--out", default="certs", type=Path)
+    connect = actions.add_parser(
+        "connect",
+        help="write FLWR_HOME/config.toml for a SuperLink (e.g. docker-compose's)",
+        description="Write a FLWR_HOME whose default connection is the SuperLink at "
+        "--superlink (`flwr run . NAME` then uses it): insecure, or TLS verified "
+        "with --root-certificates.",
+    )
+    connect.add_argument("--flwr-home", required=True, type=Path)
+    connect.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    connect.add_argument("--root-certificates", type=Path, metavar="CA_CERT")
+    connect.add_argument("--name", default="compose", help="connection name (default: compose)")
+    token = actions.add_parser(
+        "token",
+        help="print the API token in STATE_DIR/api-token, creating one if none",
+        description="Print the unlearning API's token from STATE_DIR/api-token; with no "
+        "such file, create one first (a random 43-character token, mode 0600). The "
+        "file is read only if it is a regular file of this user that no one else can "
+        "read. Use it as the ServerApp's api-token-file.",
+    )
+    token.add_argument("--state-dir", required=True, type=Path)
 
 
 def command_deploy(args: argparse.Namespace) -> int:
@@ -44,6 +68,10 @@ def command_deploy(args: argparse.Namespace) -> int:
     from fedforget.certs import generate_certificates
     from fedforget.deploy import LocalDeployment
 
+    if args.action == "token":
+        return print_token(args.state_dir)
+    if args.action == "connect":
+        return write_connection(args)
     if args.action == "certs":
         files = generate_certificates(args.out)
         print(f"wrote {files.ca_cert}, {files.server_cert}, {files.server_key}")
@@ -71,3 +99,46 @@ def command_deploy(args: argparse.Namespace) -> int:
     print(done.stdout, end="")
     print(done.stderr, end="")
     return done.returncode
+
+
+def print_token(state_dir: Path) -> int:
+    """Print the API token of ``state_dir`` (creating it if missing); 2 if it cannot be used."""
+    from fedforget.api.auth import ApiStartError, state_dir_token
+
+    try:
+        print(state_dir_token(state_dir).value)
+    except ApiStartError as error:
+        print(f"fedforget deploy token: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def write_connection(args: argparse.Namespace) -> int:
+    """Write ``FLWR_HOME/config.toml`` for the SuperLink at ``args.superlink``."""
+    from fedforget.deploy import DeploymentLayout, TlsFiles
+
+    host, separator, port = args.superlink.rpartition(":")
+    if not separator or not host or not port.isdigit():
+        print(
+            f"fedforget deploy connect: error: --superlink {args.superlink!r} is not HOST:PORT "
+            "(e.g. 127.0.0.1:9093)",
+            file=sys.stderr,
+        )
+        return 2
+    tls = None
+    if args.root_certificates is not None:
+        if not args.root_certificates.is_file():
+            raise FileNotFoundError(
+                f"--root-certificates {args.root_certificates} does not exist: copy the CA "
+                "certificate the SuperLink's certificate is signed with there"
+            )
+        # the CLI verifies the SuperLink with the CA certificate alone
+        tls = TlsFiles(str(args.root_certificates.resolve()), "", "")
+    layout = DeploymentLayout(
+        num_supernodes=0, superlink_host=host, superlink_port=int(port), tls=tls
+    )
+    args.flwr_home.mkdir(parents=True, exist_ok=True)
+    path = args.flwr_home / "config.toml"
+    path.write_text(layout.connection_toml(args.name))
+    print(f"wrote {path}: flwr run . {args.name} (with FLWR_HOME={args.flwr_home.resolve()})")
+    return 0

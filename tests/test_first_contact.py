@@ -14,16 +14,17 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedforget.arrays import to_record
-from fedforget.config import FederationConfig
+from fedforget.config import ConfigError, FederationConfig
 from fedforget.federated.clients import ClientDirectory
 from fedforget.federated.federation import build_strategy, run_federation
 from fedforget.federated.strategy import IDENTIFY_ALL_MAX
-from fedforget.protocol import IDENTITY_RECORD, PARTITION_ID_KEY, natural_order
+from fedforget.protocol import IDENTITY_RECORD, NUM_PARTITIONS_KEY, PARTITION_ID_KEY, natural_order
 from fedforget.simulation import simulate_app
 from fedforget.task import model_arrays, new_model
 
@@ -190,3 +191,22 @@ def test_draw_mixes_clients_and_new_nodes_and_takes_all_when_few():
     assert set(drawn) <= set(clients) and set(nodes) <= set(new_nodes)
     assert drawn == sorted(drawn, key=natural_order)
     assert (every_client, every_node) == (clients, new_nodes)
+
+
+def test_a_node_started_with_another_partition_count_is_refused_naming_the_setting(monkeypatch):
+    """A SuperNode whose --node-config num-partitions differs from the run's stops the run."""
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    query = Message(RecordDict({}), dst_node_id=FIRST_NODE, message_type="query")
+
+    def reply(count: int) -> Message:
+        identity = ConfigRecord({PARTITION_ID_KEY: 2, NUM_PARTITIONS_KEY: count})
+        return Message(RecordDict({IDENTITY_RECORD: identity}), reply_to=query)
+
+    directory = ClientDirectory(num_partitions=4)
+    with pytest.raises(
+        ConfigError, match=r"num-partitions=3 \(its --node-config\).*has num-partitions=4"
+    ):
+        directory.learn(reply(3))
+    assert directory.node_clients == {}
+    assert ClientDirectory(num_partitions=3).learn(reply(3)) == "2"

@@ -23,7 +23,11 @@ and it records a SHA-256 of each array: a file that cannot be read or whose
 arrays do not match their checksums is rebuilt, never trusted.
 
 Set ``FEDFORGET_DATA_CACHE=0`` to build in every process instead (nothing is
-read or written).
+read or written). Container images, whose data is prepared when they are
+built, set ``FEDFORGET_PREPARED_RUN_CONFIG`` to the run config prepared: arrays
+missing from the cache are then an error naming it and the build argument
+that prepares them (:class:`DataNotPreparedError`), not a build in every
+ClientApp process.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "FEDFORGET_CACHE"
 SWITCH_ENV = "FEDFORGET_DATA_CACHE"
+PREPARED_ENV = "FEDFORGET_PREPARED_RUN_CONFIG"
 FOLDER = "prepared"
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
@@ -63,6 +68,10 @@ class CorruptCacheError(ValueError):
     """A cache file that cannot be read or does not match its recorded checksums."""
 
 
+class DataNotPreparedError(RuntimeError):
+    """A run's data is not in the cache of an image that only reads prepared data."""
+
+
 def cache_root() -> Path:
     """The folder of prepared arrays: ``$FEDFORGET_CACHE/prepared``."""
     base = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "fedforget")
@@ -72,6 +81,14 @@ def cache_root() -> Path:
 def cache_enabled() -> bool:
     """False when ``FEDFORGET_DATA_CACHE`` is ``0`` / ``false`` / ``off``."""
     return os.environ.get(SWITCH_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def prepared_run_config() -> str | None:
+    """The run config an image prepared (``FEDFORGET_PREPARED_RUN_CONFIG``); None if unset.
+
+    When set, only prepared arrays are read: nothing is built.
+    """
+    return os.environ.get(PREPARED_ENV)
 
 
 def cache_key(kind: str, settings: Mapping[str, object]) -> str:
@@ -123,6 +140,20 @@ def cached_arrays(
             return read_arrays(path)
         except CorruptCacheError as error:
             logger.warning("rebuilding %s: %s", path, error)
+    prepared = prepared_run_config()
+    if prepared is not None:
+        described = " ".join(  # the settings a user sets, not the digests derived from them
+            f"{key}={value!r}"
+            for key, value in sorted(settings.items())
+            if not (isinstance(value, str) and len(value) == 64)
+        )
+        raise DataNotPreparedError(
+            f"the {kind} of this run ({described}) are not prepared in this image, which was "
+            f"built with PREPARE_RUN_CONFIG={prepared!r} ({PREPARED_ENV}): run with those data "
+            "settings (num-partitions must be the SuperNodes'), or rebuild the images with the "
+            "build argument PREPARE_RUN_CONFIG set to this run's (e.g. "
+            "docker-compose build --build-arg PREPARE_RUN_CONFIG='num-partitions=5')"
+        )
     arrays = dict(build())
     try:
         write_arrays(path, arrays, {"kind": kind, "settings": dict(settings)})

@@ -14,7 +14,14 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedforget.protocol import IDENTITY_RECORD, PARTITION_ID_KEY, client_id_of_node, natural_order
+from fedforget.config import ConfigError
+from fedforget.protocol import (
+    IDENTITY_RECORD,
+    NUM_PARTITIONS_KEY,
+    PARTITION_ID_KEY,
+    client_id_of_node,
+    natural_order,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +35,16 @@ class ClientDirectory:
         Clients that never take part (the retrained reference's targets).
     seed : int (default: 0)
         Seed of client sampling.
+    num_partitions : int | None (default: None)
+        The run's ``num-partitions``: a node that reports another partition
+        count (its ``--node-config``) is refused with a :class:`ConfigError`.
 
     """
 
-    def __init__(self, excluded: Collection[str] = (), seed: int = 0) -> None:
+    def __init__(
+        self, excluded: Collection[str] = (), seed: int = 0, num_partitions: int | None = None
+    ) -> None:
+        self.num_partitions = num_partitions
         self.node_clients: dict[int, str] = {}
         self.forgotten: set[str] = set()
         self.excluded = frozenset(excluded)
@@ -46,13 +59,21 @@ class ClientDirectory:
         return [n for n in node_ids if n not in self.node_clients]
 
     def learn(self, message: Message) -> str:
-        """The client id of a reply's sender; learns the node -> client mapping."""
+        """The client id of a reply's sender; learns the node -> client mapping.
+
+        Raises
+        ------
+        ConfigError
+            If the sender reports a ``num-partitions`` other than the run's.
+
+        """
         node = message.metadata.src_node_id
         client_id = client_id_of_node(node)
         if not message.has_error():
             identity = message.content.config_records.get(IDENTITY_RECORD)
             if identity is not None and PARTITION_ID_KEY in identity:
                 client_id = str(identity[PARTITION_ID_KEY])
+                self._check_partition_count(identity.get(NUM_PARTITIONS_KEY), client_id)
         if self.node_clients.get(node) != client_id:
             if client_id in self.forgotten:
                 logger.warning(
@@ -60,6 +81,18 @@ class ClientDirectory:
                 )
             self.node_clients[node] = client_id
         return client_id
+
+    def _check_partition_count(self, reported: object, client_id: str) -> None:
+        if self.num_partitions is None or reported is None or reported == self.num_partitions:
+            return
+        raise ConfigError(
+            f"num-partitions: client {client_id}'s SuperNode was started with "
+            f"num-partitions={reported} (its --node-config), but this run has "
+            f"num-partitions={self.num_partitions}: run with --run-config "
+            f"num-partitions={reported}, or start every SuperNode with --node-config "
+            f"'partition-id=<i> num-partitions={self.num_partitions}' (in docker-compose.yml "
+            "also the images' PREPARE_RUN_CONFIG)"
+        )
 
     def assume_unreported(self, node_ids: Iterable[int]) -> None:
         """Key nodes that did not answer the identity query by their node id."""

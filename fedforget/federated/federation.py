@@ -185,7 +185,7 @@ def build_strategy(
     for request in configured_requests(config):
         queue.submit(request)
     instances = build_methods(config, methods, open_store(config, fresh=resume is None))
-    directory = directory or ClientDirectory(config.excluded, config.seed)
+    directory = directory or ClientDirectory(config.excluded, config.seed, config.num_partitions)
     directory.forgotten.update(forgotten_clients(queue))
     intake = Intake(
         queue,
