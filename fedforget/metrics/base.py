@@ -284,7 +284,8 @@ class MetricInfo:
         What it measures, in one sentence.
     kind : str
         ``"accuracy"``, ``"dice"``, ``"loss"``, ``"fraction predicted member"``,
-        ``"fraction classified original"``, ``"attack accuracy"``,
+        ``"fraction classified original"``, ``"attack accuracy"``, ``"attack AUC"``,
+        ``"attack success rate"``,
         ``"divergence"``, ``"gap"``, ``"rounds"``, ``"score"`` or ``"steps"``.
     ideal : str
         The ideal value in words; for an unlearning metric, the retrained
