@@ -1,18 +1,25 @@
-"""Seconds per cell of `fedforget experiment` on the embedded data.
+"""Seconds per cell of `fedforget experiment`.
 
-Runs the federation of ``experiments/digits-each.toml`` for one seed and one
-target (every federated and centralised method: 2 + 9 + 11 cells) into a
-temporary folder with an empty reference cache, and records the seconds
-between consecutive finished cells (the ``original`` cell includes training
-the original federation, ``retrain`` the reference), by kind and method.
+Runs the federation of an experiment file (default
+``experiments/digits-each.toml``) for one seed and one target (every method
+of the file: for digits-each 2 + 9 + 11 cells, plus K - 1 more references)
+into a temporary folder with an empty reference cache, and records the
+seconds between consecutive finished cells (the first cell includes training
+the original federation and the references), by kind and method, and where
+it ran (:func:`fedforget.provenance.provenance`).
 
     python benchmarks/experiment_cells.py [--out benchmarks/results]
+    python benchmarks/experiment_cells.py --spec experiments/digits-backdoor.toml --out ...
+
+The record is ``experiment_cells.json`` for digits-each, else
+``experiment_cells-<file name>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -29,11 +36,14 @@ def main() -> None:
     """Run one seed and one target of the committed experiment; record seconds per cell."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--spec", type=Path, default=SPEC, help="the experiment file")
+    parser.add_argument("--target", default="0", help="the target client (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="the seed (default: 0)")
     args = parser.parse_args()
-    text = SPEC.read_text().replace("seeds = [0, 1, 2]", "seeds = [0]")
-    text = text.replace('targets = "each"', 'targets = [["0"]]')
-    assert "seeds = [0]" in text and '[["0"]]' in text, "experiments/digits-each.toml changed"
-    tomllib.loads(text)
+    text, seeds = re.subn(r"(?m)^seeds = .*$", f"seeds = [{args.seed}]", args.spec.read_text())
+    text, targets = re.subn(r"(?m)^targets = .*$", f'targets = [["{args.target}"]]', text)
+    assert seeds == 1 and targets == 1, f"{args.spec} names no seeds or targets line"
+    references = tomllib.loads(text)["experiment"].get("references", 3)
     load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         os.environ["FEDFORGET_CACHE"] = str(Path(folder) / "cache")
@@ -56,18 +66,28 @@ def main() -> None:
         ]
     by_kind = {
         kind: round(statistics.median(c["seconds"] for c in cells if c["kind"] == kind), 2)
-        for kind in ("federated", "centralised")
+        for kind in ("federated", "centralised", "reference")
+        if any(c["kind"] == kind for c in cells)
     }
+    from fedforget.provenance import provenance
+
+    spec_name = args.spec.resolve().relative_to(ROOT) if args.spec.is_absolute() else args.spec
     record = {
-        "command": "python benchmarks/experiment_cells.py",
-        "experiment": "experiments/digits-each.toml, seed 0, target client 0",
+        "command": f"python benchmarks/experiment_cells.py --spec {spec_name} --target "
+        f"{args.target} --seed {args.seed}",
+        "experiment": f"{spec_name}, seed {args.seed}, target client {args.target}, "
+        f"{references} reference(s)",
+        "provenance": provenance(),
         "load_average_at_start": load_at_start,
         "cells": len(cells),
         "total_s": round(ends[-1] - started, 1),
         "median_cell_s_by_kind": by_kind,
         "per_cell": cells,
     }
-    report("experiment_cells", record, args.out)
+    name = (
+        "experiment_cells" if args.spec.stem == SPEC.stem else f"experiment_cells-{args.spec.stem}"
+    )
+    report(name, record, args.out)
 
 
 if __name__ == "__main__":

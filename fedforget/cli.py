@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenario",
         choices=FORGET_SCENARIOS,
         help="what to forget: the unlearn-clients' data (client, the default), a random "
-        "--forget-fraction of training examples, or the class --forget-class",
+        "--forget-fraction of training examples, the class --forget-class, or the "
+        "unlearn-clients' data carrying a backdoor trigger (backdoor; backdoor-* keys)",
     )
     compare.add_argument("--forget-class", type=int, help="the class to forget (--scenario class)")
     compare.add_argument(
@@ -151,6 +152,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="attach to the Ray cluster whose head is at ADDRESS (host:port, as printed by "
         "`ray start --head`) instead of starting a private Ray instance; default: $RAY_ADDRESS",
     )
+    parser.add_argument(
+        "--references",
+        type=int,
+        default=1,
+        help="retrained references on the same data, each with its own training seed "
+        "(default: 1); K >= 2 marks the gaps inside the retraining noise floor",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
 
 
@@ -199,6 +207,8 @@ def command_run(args: argparse.Namespace) -> int:
     forgets = (
         f"client(s) {', '.join(config.targets)}"
         if config.forget_scenario == "client"
+        else f"backdoored client(s) {', '.join(config.targets)}"
+        if config.forget_scenario == "backdoor"
         else f"class {config.forget_class}"
         if config.forget_scenario == "class"
         else f"a random {config.forget_fraction:g} of the training examples"
@@ -210,9 +220,11 @@ def command_run(args: argparse.Namespace) -> int:
     )
     options = (args.recovery_stop, args.num_cpus, args.num_gpus)
     results = (
-        run_comparison(config, out_dir, methods, *options, centralised=centralised)
+        run_comparison(
+            config, out_dir, methods, *options, centralised=centralised, references=args.references
+        )
         if args.command == "compare"
-        else run_main_job(config, out_dir, *options)
+        else run_main_job(config, out_dir, *options, references=args.references)
     )
     print()
     print(format_table(results))

@@ -18,10 +18,16 @@
    original model, seeing the forget and retain examples directly.
 
 The forget set is a scenario (:mod:`fedforget.scenarios`): the targets' data
-(``client``, where federated and centralised methods meet), a random fraction
-of examples or a whole class. Federated methods forget whole clients; in the
-other scenarios they are listed as refused, and the retrained reference is the
-federation trained without the forget set.
+(``client``, where federated and centralised methods meet; ``backdoor``, the
+same with a trigger in the targets' data), a random fraction of examples or a
+whole class. Federated methods forget whole clients; in the other scenarios
+they are listed as refused, and the retrained reference is the federation
+trained without the forget set.
+
+With ``references`` K >= 2, K - 1 more retrained references are trained on the
+same data with other training seeds (:func:`reference_variant`, cached like the
+first): their spread is the retraining noise floor the table marks gaps
+against (:mod:`fedforget.experiment.validity`).
 
 ``fedforget run`` (the main job) is the same comparison for the run's
 ``method`` alone, as one continuous federation (so the live API can serve it
@@ -53,9 +59,10 @@ import torch
 from torch import nn
 
 from fedforget.arrays import Arrays
-from fedforget.config import ConfigError, FederationConfig
+from fedforget.config import CLIENT_SCENARIOS, ConfigError, FederationConfig
 from fedforget.data import load_federated_data
 from fedforget.data.augment import get_augmentation
+from fedforget.experiment.validity import REFERENCE_KIND, reference_name
 from fedforget.federated.clients import ClientDirectory
 from fedforget.federated.federation import (
     RunRecord,
@@ -73,11 +80,13 @@ from fedforget.metrics import (
     SegmentationUnlearningMetrics,
     UnlearningMetrics,
     evaluate_forget_set,
+    scenario_metrics,
 )
+from fedforget.provenance import provenance
 from fedforget.registry import DATASET_REGISTRY, MODEL_REGISTRY
 from fedforget.requests import InMemoryRequestQueue
 from fedforget.results import REFERENCE, write_results
-from fedforget.scenarios import ForgetSet, forget_set
+from fedforget.scenarios import ForgetSet, check_forget_set, forget_set
 from fedforget.state.checkpoint import checkpoint_path
 from fedforget.state.disk_store import DiskPseudoGradientStore
 from fedforget.state.store import PseudoGradientStore
@@ -109,6 +118,23 @@ _NOT_IN_REFERENCE_KEY = (
     "api-token-env",
     "plugins",  # what a plug-in computes enters through its code (reference_key)
 )
+_NEWER_KEYS = (
+    "data-seed",
+    "backdoor-target-class",
+    "backdoor-patch-size",
+    "backdoor-patch-value",
+    "backdoor-position",
+    "backdoor-poison-fraction",
+)
+"""Keys added after references were first cached: in a reference's key only when they differ
+from their default, so the references cached before keep their keys."""
+_BACKDOOR_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(FederationConfig)
+    if f.name.startswith("backdoor_")
+}
+REFERENCE_SEED_STRIDE = 10_007
+"""Retrained reference ``k >= 1`` trains with ``seed + k * REFERENCE_SEED_STRIDE``."""
 
 
 @dataclass
@@ -150,19 +176,26 @@ class Comparison:
     original: PhaseRecord
     cells: list[Cell] = field(default_factory=list)
     reference_cached: bool = False
+    more_references: list[PhaseRecord] = field(default_factory=list)
+    """References 1..K-1: the same data, other training seeds (:func:`reference_variant`)."""
 
 
 # ------------------------------------------------------------------ configs
 def reference_config(config: FederationConfig) -> FederationConfig:
     """The retrained reference: no forget set from round 1, ``unlearn-at-round`` rounds.
 
-    In the ``client`` scenario the targets are excluded; in the others every
-    client trains without its share of the forget set (``drop-forget-set``).
+    In the ``client`` and ``backdoor`` scenarios the targets are excluded (so
+    the trigger they carry changes nothing: both share one reference); in the
+    others every client trains without its share of the forget set
+    (``drop-forget-set``).
     """
-    clients = config.forget_scenario == "client"
+    clients = config.forget_scenario in CLIENT_SCENARIOS
     return config.replace(
         num_server_rounds=config.unlearn_at_round,
         unlearn_at_round=0,
+        forget_scenario="client" if clients else config.forget_scenario,
+        data_seed=-1 if config.split_seed == config.seed else config.data_seed,
+        **_BACKDOOR_DEFAULTS,
         drop_forget_set=not clients,
         exclude_clients=",".join((*config.excluded, *(config.targets if clients else ()))),
         recovery_target_acc=0.0,
@@ -179,7 +212,7 @@ def original_config(config: FederationConfig, methods: Sequence[str]) -> Federat
     It touches no ``state-dir``: with ``store = "disk"``, :func:`train_original`
     is given the disk store to keep the pseudo-gradients in.
     """
-    serving = methods if config.forget_scenario == "client" else ()
+    serving = methods if config.forget_scenario in CLIENT_SCENARIOS else ()
     keeping = [m for m in serving if method_class(m).needs.history]
     return config.replace(
         num_server_rounds=config.unlearn_at_round,
@@ -211,17 +244,34 @@ def cell_config(config: FederationConfig, method: str, target_score: float) -> F
     )
 
 
+def reference_variant(config: FederationConfig, index: int) -> FederationConfig:
+    """The config whose retrained reference is reference ``index``: same data, its own seed.
+
+    Reference 0 is ``config``'s own (training seed ``seed``, the original
+    model's initial weights); reference ``k >= 1`` trains with seed
+    ``seed + k * REFERENCE_SEED_STRIDE`` on the data of ``config``'s data seed.
+    """
+    if index == 0:
+        return config
+    return config.replace(
+        seed=config.seed + index * REFERENCE_SEED_STRIDE, data_seed=config.split_seed
+    )
+
+
 # --------------------------------------------------------- reference cache
 def reference_key(config: FederationConfig) -> str:
-    """Hash of everything the reference run depends on (configuration, targets, seed).
+    """Hash of everything the reference run depends on (configuration, targets, seeds).
 
     A plug-in dataset or model adds the source of the modules its registry
     entry depends on, so that editing a plug-in never reuses a stale reference.
     """
+    defaults = FederationConfig().to_run_config()
     relevant: dict[str, Any] = {
         key: value
         for key, value in reference_config(config).to_run_config().items()
-        if key not in _NOT_IN_REFERENCE_KEY and "." not in key
+        if key not in _NOT_IN_REFERENCE_KEY
+        and "." not in key
+        and not (key in _NEWER_KEYS and value == defaults[key])
     }
     for key, registry, name in (
         ("dataset-code", DATASET_REGISTRY, config.dataset),
@@ -368,7 +418,7 @@ def run_cell(
     The method's state and the client directory are copied, so one original
     serves any number of cells.
     """
-    if config.forget_scenario != "client":
+    if config.forget_scenario not in CLIENT_SCENARIOS:
         reason = (
             f"{name} forgets whole clients (the client scenario), not "
             f"{_forget_set(config).description}"
@@ -400,6 +450,35 @@ def recovery_target(config: FederationConfig, reference: PhaseRecord, recovery_s
     return _evaluate(config, reference.arrays).test_score if recovery_stop == "retrain-acc" else 0.0
 
 
+def train_references(
+    grid: Any, config: FederationConfig, cached: Sequence[PhaseRecord | None], first: int = 1
+) -> list[PhaseRecord]:
+    """References ``first, first + 1, ...``: each cached one as given, the others trained."""
+    return [
+        reference
+        if reference is not None
+        else train_phase(
+            grid, reference_config(reference_variant(config, index)), f"[reference {index}] "
+        )
+        for index, reference in enumerate(cached, start=first)
+    ]
+
+
+def load_references(config: FederationConfig, count: int) -> list[PhaseRecord | None]:
+    """References ``0..count-1`` of ``config`` from the cache (None where not cached)."""
+    return [load_reference(reference_variant(config, index)) for index in range(count)]
+
+
+def save_references(
+    config: FederationConfig, references: Sequence[PhaseRecord], first: int = 0
+) -> None:
+    """Cache references ``first, first + 1, ...`` that are not cached yet."""
+    for index, reference in enumerate(references, start=first):
+        variant = reference_variant(config, index)
+        if not (cache_dir() / reference_key(variant)).is_dir():
+            save_reference(variant, reference)
+
+
 def compare_on_grid(
     grid: Any,
     config: FederationConfig,
@@ -407,23 +486,28 @@ def compare_on_grid(
     recovery_stop: str,
     reference: PhaseRecord | None,
     progress: bool = True,
+    more_references: Sequence[PhaseRecord | None] = (),
 ) -> Comparison:
-    """The comparison's ServerApp body: reference (unless given), original, one cell per method.
+    """The comparison's ServerApp body: references (unless given), original, one cell per method.
 
-    With ``store = "disk"`` the original's methods keep their pseudo-gradients
-    in ``state-dir/pseudo-gradients``, each cell works on a copy of them, and
-    at the end the targets' files are erased from the original's store too.
+    ``more_references`` holds references 1..K-1 (None: to train). With
+    ``store = "disk"`` the original's methods keep their pseudo-gradients in
+    ``state-dir/pseudo-gradients``, each cell works on a copy of them, and at
+    the end the targets' files are erased from the original's store too.
     """
     started = time.monotonic()
     cached = reference is not None
     if reference is None:
         reference = train_phase(grid, reference_config(config), "[reference] ")
+    more = train_references(grid, config, more_references)
     target = recovery_target(config, reference, recovery_stop)
     store = open_store(config, fresh=True)
     original = train_original(
         grid, config, methods, store if isinstance(store, DiskPseudoGradientStore) else None
     )
-    comparison = Comparison(reference, original.phase, reference_cached=cached)
+    comparison = Comparison(
+        reference, original.phase, reference_cached=cached, more_references=more
+    )
     for number, name in enumerate(methods, start=1):
         cell = run_cell(grid, config, name, original, target)
         comparison.cells.append(cell)
@@ -559,8 +643,13 @@ def model_row(
     kind: str = "federated",
 ) -> dict[str, Any]:
     """One row: a model's unlearning metrics and the cost of getting it."""
+    if not isinstance(model, nn.Module):
+        model = model_with(config, model)
     metrics = _evaluate(config, model)
     forget = _forget_set(config)
+    extra = scenario_metrics(
+        model, load_federated_data(config).data, forget, resolve_device(config.device)
+    )
     return {
         "method": name,
         "kind": kind,
@@ -570,6 +659,7 @@ def model_row(
         "targets": list(forget.targets),
         "seed": config.seed,
         **metrics.as_dict(),
+        **extra,
         "recovery_rounds": None,
         "recovered": None,
         "cost": cost,
@@ -614,14 +704,24 @@ def method_run_row(
 
 
 def comparison_rows(config: FederationConfig, comparison: Comparison) -> list[dict[str, Any]]:
-    """Rows of ``original``, every cell and ``retrain`` (the reference)."""
+    """Rows of ``original``, every cell, ``retrain`` (the reference) and references 1..K-1."""
     reference = model_row(
         config, REFERENCE, comparison.reference.arrays, comparison.reference.cost()
     )
     original = model_row(config, "original", comparison.original.arrays, comparison.original.cost())
     score = test_score(reference)
     cells = [cell_row(config, cell, score) for cell in comparison.cells]
-    return [original, *cells, reference]
+    return [original, *cells, reference, *more_reference_rows(config, comparison.more_references)]
+
+
+def more_reference_rows(
+    config: FederationConfig, references: Sequence[PhaseRecord]
+) -> list[dict[str, Any]]:
+    """Rows of references 1..K-1 (``"kind": "reference"``, ``retrain-1``, ...)."""
+    return [
+        model_row(config, reference_name(index), phase.arrays, phase.cost(), kind=REFERENCE_KIND)
+        for index, phase in enumerate(references, start=1)
+    ]
 
 
 def _history(run: str, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -656,7 +756,9 @@ def resolve_centralised(names: Sequence[str] | None) -> list[str]:
 def _check(config: FederationConfig, recovery_stop: str) -> None:
     if recovery_stop not in RECOVERY_STOPS:
         raise ConfigError(f"recovery-stop must be one of {', '.join(RECOVERY_STOPS)}")
-    if not config.unlearn_at_round or (config.forget_scenario == "client" and not config.targets):
+    if not config.unlearn_at_round or (
+        config.forget_scenario in CLIENT_SCENARIOS and not config.targets
+    ):
         raise ConfigError(
             "a comparison forgets after round unlearn-at-round: set unlearn-at-round (and "
             "unlearn-clients for the client scenario)"
@@ -666,10 +768,16 @@ def _check(config: FederationConfig, recovery_stop: str) -> None:
             f"pretrained-weights {config.pretrained_weights!r} does not exist: give the path of "
             f"a state dict saved with torch.save(model.state_dict(), path)"
         )
-    try:
-        _forget_set(config)  # fail on missing data or an empty forget set before any training
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
+    check_forget_set(config)  # fail on missing data or a bad forget set before any training
+
+
+def check_references(references: int) -> None:
+    """Refuse a reference count below 1, saying what it means."""
+    if references < 1:
+        raise ConfigError(
+            f"references must be >= 1 (retrained models on the same data; >= 2 gives the "
+            f"retraining noise floor), got {references}"
+        )
 
 
 def run_comparison(
@@ -680,14 +788,17 @@ def run_comparison(
     num_cpus: int | None = None,
     num_gpus: float | None = None,
     centralised: Sequence[str] | None = None,
+    references: int = 1,
 ) -> dict[str, Any]:
     """``fedforget compare``: every method on the same original model; write and return results.
 
     ``methods`` are federated methods (default: all), ``centralised`` the
-    centralised ones (default: all; an empty list for none).
+    centralised ones (default: all; an empty list for none); ``references``
+    the retrained models on the same data (K >= 2 adds the noise floor).
     """
     from fedforget.simulation import simulate_app
 
+    check_references(references)
     _check(config, recovery_stop)
     if config.store == "disk" and checkpoint_path(config.state_dir).is_file():
         raise ConfigError(
@@ -697,9 +808,11 @@ def run_comparison(
     names = resolve_methods(methods)
     central = resolve_centralised(centralised)
     started = time.monotonic()
-    cached = load_reference(config)
+    cached, *more_cached = load_references(config, references)
     comparison = simulate_app(
-        lambda grid: compare_on_grid(grid, config, names, recovery_stop, cached, config.progress),
+        lambda grid: compare_on_grid(
+            grid, config, names, recovery_stop, cached, config.progress, more_cached
+        ),
         config.num_partitions,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
@@ -707,6 +820,7 @@ def run_comparison(
     )
     if not comparison.reference_cached:
         save_reference(config, comparison.reference)
+    save_references(config, comparison.more_references, first=1)
     history = [
         *_history(REFERENCE, comparison.reference.history),
         *_history("original", comparison.original.history),
@@ -720,6 +834,7 @@ def run_comparison(
     results = {
         "config": {**config.to_run_config(), "recovery-stop": recovery_stop},
         "targets": list(config.targets),
+        "references": references,
         "rows": [
             *comparison_rows(config, comparison),
             *centralised_rows(config, comparison.original.arrays, central, config.progress),
@@ -729,6 +844,7 @@ def run_comparison(
             "reference_cached": comparison.reference_cached,
             "total_s": round(time.monotonic() - started, 2),
         },
+        "provenance": provenance(),
     }
     write_results(out_dir, results)
     return results
@@ -740,34 +856,38 @@ def run_main_job(
     recovery_stop: str = "retrain-acc",
     num_cpus: int | None = None,
     num_gpus: float | None = None,
+    references: int = 1,
 ) -> dict[str, Any]:
-    """``fedforget run``: the reference (cached), then one federation with the run's method.
+    """``fedforget run``: the references (cached), then one federation with the run's method.
 
     The run is one continuous federation (``flwr run`` would run the same), so
     the live unlearning API serves it from round 1 when ``api-enabled``.
     """
     from fedforget.simulation import simulate, simulate_app
 
+    check_references(references)
     _check(config, recovery_stop)
-    if config.forget_scenario != "client":
+    if config.forget_scenario not in CLIENT_SCENARIOS:
         raise ConfigError(
             f"fedforget run forgets clients with {config.method}; forget-scenario="
             f"{config.forget_scenario!r} is compared by `fedforget compare --scenario "
             f"{config.forget_scenario}`"
         )
     started = time.monotonic()
-    reference = load_reference(config)
-    cached = reference is not None
-    if reference is None:
-        ref = reference_config(config)
-        reference = simulate_app(
-            lambda grid: train_phase(grid, ref, "[reference] "),
+    stored = load_references(config, references)
+    cached = stored[0] is not None
+    if any(r is None for r in stored):
+        trained = simulate_app(
+            lambda grid: train_references(grid, config, stored, first=0),
             config.num_partitions,
             num_cpus=num_cpus,
             num_gpus=num_gpus,
-            workload=ref,
+            workload=reference_config(config),
         )
-        save_reference(config, reference)
+        save_references(config, trained)
+    else:
+        trained = [r for r in stored if r is not None]
+    reference, *more = trained
     reference_score = _evaluate(config, reference.arrays).test_score
     run = config.replace(
         recovery_target_acc=reference_score if recovery_stop == "retrain-acc" else 0.0,
@@ -791,10 +911,12 @@ def run_main_job(
         model_row(config, "original", original.arrays, original.cost()),
         method_run_row(config, config.method, record, reference_score),
         model_row(config, REFERENCE, reference.arrays, reference.cost()),
+        *more_reference_rows(config, more),
     ]
     results = {
         "config": {**config.to_run_config(), "recovery-stop": recovery_stop},
         "targets": list(config.targets),
+        "references": references,
         "rows": rows,
         "history": [
             *_history(REFERENCE, reference.history),
@@ -804,6 +926,7 @@ def run_main_job(
             {k: v for k, v in asdict(e).items() if k != "model_before"} for e in record.events
         ],
         "timing": {"reference_cached": cached, "total_s": round(time.monotonic() - started, 2)},
+        "provenance": provenance(),
     }
     write_results(out_dir, results)
     return results

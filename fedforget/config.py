@@ -23,7 +23,11 @@ from typing import Any, cast
 from fedforget.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
 PARTITIONERS = ("dirichlet", "iid", "file", "natural")
-FORGET_SCENARIOS = ("client", "random", "class")
+FORGET_SCENARIOS = ("client", "random", "class", "backdoor")
+CLIENT_SCENARIOS = ("client", "backdoor")
+"""Scenarios whose forget set is whole clients' data (what federated methods forget)."""
+BACKDOOR_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "centre")
+"""Where the backdoor trigger sits (``backdoor-position``)."""
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 STORE_KINDS = ("memory", "disk")
@@ -63,6 +67,8 @@ class FederationConfig:
     min_partition_size: int = 10
     test_fraction: float = 0.2
     seed: int = 0
+    data_seed: int = -1
+    """Draws the train/test split, the partition and the data of a scenario (-1: ``seed``)."""
     # --- model and local training ------------------------------------------
     model: str = "cnn"
     local_epochs: int = 10
@@ -86,6 +92,12 @@ class FederationConfig:
     forget_class: int = 0
     forget_fraction: float = 0.1
     drop_forget_set: bool = False
+    # --- backdoor scenario (fedforget.data.backdoor) -------------------------
+    backdoor_target_class: int = 0
+    backdoor_patch_size: int = 0
+    backdoor_patch_value: float = 1.0
+    backdoor_position: str = "bottom-right"
+    backdoor_poison_fraction: float = 0.5
     # --- output -------------------------------------------------------------
     out_dir: str = ""
     progress: bool = True
@@ -188,6 +200,18 @@ class FederationConfig:
         return parse_client_ids(self.unlearn_clients) if self.unlearn_at_round else ()
 
     @property
+    def split_seed(self) -> int:
+        """The seed of the data: ``data-seed``, or ``seed`` when it is unset (-1)."""
+        return self.data_seed if self.data_seed >= 0 else self.seed
+
+    @property
+    def backdoor_clients(self) -> tuple[str, ...]:
+        """Clients whose data carries the trigger (``unlearn-clients``; backdoor scenario only)."""
+        if self.forget_scenario != "backdoor":
+            return ()
+        return parse_client_ids(self.unlearn_clients)
+
+    @property
     def kept_methods(self) -> tuple[str, ...]:
         """Methods whose history the run keeps: ``method`` and those listed in ``methods``."""
         return tuple(dict.fromkeys((self.method, *parse_client_ids(self.methods))))
@@ -222,6 +246,11 @@ class FederationConfig:
             )
         if self.forget_class < 0:
             raise ConfigError(f"forget-class must be a class label >= 0, got {self.forget_class}")
+        if self.data_seed < -1:
+            raise ConfigError(
+                f"data-seed must be >= 0, or -1 to draw the data with seed; got {self.data_seed}"
+            )
+        self._validate_backdoor()
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(
@@ -321,6 +350,30 @@ class FederationConfig:
             problem = cls.check_settings(self.settings_of(cls.table)) if cls.defaults else ""
             if problem:
                 raise ConfigError(problem)
+
+    def _validate_backdoor(self) -> None:
+        """Check the backdoor keys that need no data (the trigger's fit is checked on the data)."""
+        if self.backdoor_target_class < 0:
+            raise ConfigError(
+                f"backdoor-target-class must be a class label >= 0, got "
+                f"{self.backdoor_target_class}"
+            )
+        if self.backdoor_patch_size < 0:
+            raise ConfigError(
+                f"backdoor-patch-size must be >= 1 pixels a side, or 0 for the default (2 on "
+                f"images under 16 pixels a side, else 3); got {self.backdoor_patch_size}"
+            )
+        if not 0.0 <= self.backdoor_patch_value <= 1.0:
+            raise ConfigError(
+                f"backdoor-patch-value must be in [0, 1] (0 = the darkest training pixel, 1 = "
+                f"the brightest), got {self.backdoor_patch_value}"
+            )
+        _one_of("backdoor-position", self.backdoor_position, BACKDOOR_POSITIONS)
+        if not 0.0 < self.backdoor_poison_fraction <= 1.0:
+            raise ConfigError(
+                f"backdoor-poison-fraction must be in (0, 1], the share of each target "
+                f"client's examples that carry the trigger, got {self.backdoor_poison_fraction}"
+            )
 
     def _validate_store(self) -> None:
         """Check ``store`` and ``store-dtype`` (see :mod:`fedforget.state`)."""

@@ -23,6 +23,7 @@ methods = ["puf-special"]
 centralised = ["ft"]
 targets = [["0"], ["1"]]
 seeds = [0]
+references = 1
 
 [config]
 num-partitions = 3
@@ -103,9 +104,14 @@ def test_experiment_files_are_checked(tmp_path):
     bad.write_text(SMALL.replace("seeds = [0]", "seeds = [0]\nrepeats = 3"))
     with pytest.raises(ConfigError, match="unknown \\[experiment\\] key"):
         load_experiment(bad)
+    bad.write_text(SMALL.replace("references = 1", "references = 0"))
+    with pytest.raises(ConfigError, match="references must be an integer >= 1"):
+        load_experiment(bad)
     each = tmp_path / "each.toml"
     each.write_text(SMALL.replace('targets = [["0"], ["1"]]', 'targets = "each"'))
     assert load_experiment(each).target_sets == (("0",), ("1",), ("2",))
+    each.write_text(SMALL.replace("references = 1\n", ""))
+    assert load_experiment(each).references == 3  # the default of an experiment file
 
 
 def _cell(method: str, targets: str, seed: int, forget_acc: float, kind: str = "federated"):
@@ -184,3 +190,80 @@ def test_report_without_results_says_what_to_run(tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and "fedforget experiment" in done.stderr
+
+
+BACKDOOR = """
+[experiment]
+methods = ["puf-special"]
+centralised = ["ft"]
+targets = [["0"]]
+seeds = [0]
+scenario = "backdoor"
+references = 3
+
+[config]
+num-partitions = 3
+num-server-rounds = 4
+unlearn-at-round = 2
+local-epochs = 1
+progress = false
+"""
+
+
+@pytest.fixture(scope="module")
+def backdoor_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("backdoor")
+    spec = folder / "backdoor.toml"
+    spec.write_text(BACKDOOR)
+    out = folder / "out"
+    return spec, out, run_experiment(spec, out, progress=False)
+
+
+def test_backdoor_experiment_with_three_references_has_floors_and_verdicts(backdoor_run):
+    """Three references on the same data, the attack success rate, U-LiRA and the floor."""
+    _, out, computed = backdoor_run
+    assert sorted((k.kind, k.method) for k in computed) == [
+        ("centralised", "ft"),
+        ("federated", "original"),
+        ("federated", "puf-special"),
+        ("federated", "retrain"),
+        ("reference", "retrain-1"),
+        ("reference", "retrain-2"),
+    ]
+    cells = {c["method"]: c for c in read_cells(out)}
+    for cell in cells.values():
+        assert cell["references"] == 3 and cell["scenario"] == "backdoor"
+        assert 0 <= cell["backdoor_asr"] <= 1 and 0 <= cell["ulira_auc"] <= 1
+        assert cell["provenance"]["cpu_capability"]
+    # the references differ from one another (their own training seeds), on the same data
+    assert cells["retrain"]["forget_size"] == cells["retrain-2"]["forget_size"]
+    assert cells["retrain"]["kl_test"] > 0  # a reference is measured against the others
+    long = json.loads((out / "results-long.json").read_text())
+    rows = {(r["method"], r["metric"]): r for r in long}
+    asr = [rows[(f"retrain{s}", "backdoor_asr")]["value"] for s in ("", "-1", "-2")]
+    floor = rows[("puf-special", "backdoor_asr")]
+    assert floor["floor"] == pytest.approx(max(asr) - min(asr))
+    assert floor["gap"] == pytest.approx(abs(floor["value"] - sum(asr) / 3))
+    assert floor["verdict"] in ("within retraining noise", "differs")
+    assert rows[("ft", "ulira_auc")]["floor"] is not None
+    write_report(out)
+    markdown = (out / "report.md").read_text()
+    assert "3 retrained references" in markdown and "backdoor_asr" in markdown
+    assert (out / "figures" / "verdicts.png").is_file()
+
+
+def test_a_cell_computed_with_other_references_is_computed_again(backdoor_run):
+    spec, out, _ = backdoor_run
+    key = CellKey("federated", "puf-special", ("0",), 0)
+    row = json.loads(key.path(out).read_text())
+    key.path(out).write_text(json.dumps({**row, "references": 1}))
+    assert run_experiment(spec, out, progress=False) == [key]
+    assert json.loads(key.path(out).read_text())["references"] == 3
+
+
+def test_a_trigger_that_does_not_fit_is_refused_before_any_training(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(f"{BACKDOOR}backdoor-patch-size = 9\n")
+    with pytest.raises(ConfigError, match="backdoor-patch-size=9 does not fit the 8x8 images"):
+        run_experiment(spec, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "cells").exists()

@@ -285,6 +285,8 @@ def test_every_metric_states_kind_ideal_and_direction():
         "fraction predicted member",
         "fraction classified original",
         "attack accuracy",
+        "attack AUC",
+        "attack success rate",
         "divergence",
         "gap",
         "rounds",
@@ -330,8 +332,13 @@ def test_registry_evaluates_every_applicable_metric_with_hand_checks():
     )
     # Execute
     values = evaluate_metrics(context, splits)
-    # Assert: every classification metric but MIA-NN (class unlearning only) applies
-    expected = {n for n, m in METRICS.items() if "classification" in m.info.tasks} - {"mia_nn"}
+    # Assert: every classification metric applies but MIA-NN (class unlearning only), the
+    # attack success rate (backdoor only) and offline U-LiRA (needs two references)
+    expected = {n for n, m in METRICS.items() if "classification" in m.info.tasks} - {
+        "mia_nn",
+        "backdoor_asr",
+        "ulira_auc",
+    }
     assert set(values) == expected
     with torch.no_grad():
         logits = retrained(splits.test_x)

@@ -333,8 +333,11 @@ def load_federated_data(config: FederationConfig) -> FederatedData:
 
     Built once per machine and read back from the on-disk cache
     (:mod:`fedforget.data.cache`) afterwards; kept in memory per process.
+    The split and the partition are drawn with ``data-seed`` (``seed`` when
+    unset). In the backdoor scenario, the target clients' examples carry the
+    trigger (:mod:`fedforget.data.backdoor`).
     """
-    return _federated_data(
+    federated = _federated_data(
         config.dataset,
         config.data_dir,
         config.test_fraction,
@@ -342,8 +345,13 @@ def load_federated_data(config: FederationConfig) -> FederatedData:
         config.partitioner,
         config.alpha,
         config.min_partition_size,
-        config.seed,
+        config.split_seed,
         config.image_size,
         config.download,
         config.partition_file,
     )
+    if config.forget_scenario == "backdoor":
+        from fedforget.data.backdoor import poison
+
+        return poison(federated, config)
+    return federated

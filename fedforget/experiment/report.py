@@ -10,7 +10,13 @@ results folder regenerates its report anywhere:
 * ``figures/gaps.png``: per metric, each method's mean |value - retrained| with
   the 95 % confidence interval of the paired delta;
 * ``figures/cost.png``: cost (wall seconds) against forgetting quality (mean
-  gap of forget accuracy), one point per method.
+  gap of forget accuracy), one point per method;
+* ``figures/verdicts.png`` (K >= 2 references): per method and metric, gap /
+  retraining noise floor, green where the method is within retraining noise.
+
+The verdict table sets each method's gap to the references against the
+retraining noise floor (:mod:`fedforget.experiment.validity`); the report ends
+with where the cells were computed (``provenance.json``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,20 @@ from typing import Any
 
 import numpy as np
 
-from fedforget.experiment.results import CURVES_CSV, LONG_JSON, REFUSED_JSON, SUMMARY_JSON
+from fedforget.experiment.results import (
+    CURVES_CSV,
+    LONG_JSON,
+    PROVENANCE_JSON,
+    REFUSED_JSON,
+    SUMMARY_JSON,
+)
+from fedforget.experiment.validity import (
+    DIFFERS,
+    NEEDS_REFERENCES,
+    REFERENCE_KIND,
+    WITHIN,
+    is_reference,
+)
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -58,7 +77,9 @@ def _headline(summary: list[dict[str, Any]]) -> tuple[str, ...]:
     extra = sorted(
         m
         for m in metrics
-        if m.startswith(("svc_mia", "kl_", "js_", "ulira", "mia_nn", "avg_gap", "relearn"))
+        if m.startswith(
+            ("backdoor", "svc_mia", "kl_", "js_", "ulira", "mia_nn", "avg_gap", "relearn")
+        )
     )
     return tuple(m for m in (*chosen, *extra) if m in metrics)
 
@@ -87,7 +108,8 @@ def tables(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     metrics = _headline(summary)
     by_method: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for s in summary:
-        by_method[(s["kind"], s["method"])][s["metric"]] = s
+        if s["kind"] != REFERENCE_KIND:
+            by_method[(s["kind"], s["method"])][s["metric"]] = s
     header = ["method", "n", "forget size", *metrics, "wall s", "recovery rounds"]
     order = {"original": 0, "retrain": 1}
     keys = sorted(by_method, key=lambda k: (k[0] != "federated", order.get(k[1], 2), k[1]))
@@ -202,9 +224,144 @@ def _figures(
         fig.savefig(folder / "cost.png", dpi=110)
         plt.close(fig)
         made.append(("Cost against forgetting quality", f"{FIGURES_DIR}/cost.png"))
+    if _verdict_figure(folder, summary):
+        made.append(("Within retraining noise", f"{FIGURES_DIR}/verdicts.png"))
     return made
 
 
+VERDICT_INTRO = (
+    "Retraining noise floor: {count} retrained references per target set and seed, trained "
+    "on the same data with their own training seeds. Per metric, the floor is the largest "
+    "difference among the references (for KL, JS and Average Gap, distances to the "
+    "references, the largest distance of a reference to the others); a method's gap is "
+    "|value - the references' mean| (for a distance, the distance itself). Each cell: "
+    "mean gap / mean floor over target sets and seeds, [its 95 % interval], ✓ = within "
+    "retraining noise (gap <= floor), ✗ = differs, and in how many (target set, seed) "
+    "cells the gap is within the floor. A method within the floor on a metric cannot be "
+    "told apart from retraining by that metric."
+)
+NO_FLOOR = (
+    f"Retraining noise floor: {NEEDS_REFERENCES}. Set `references = K` (K >= 2) in the "
+    "experiment file's [experiment] table to train K retrained references per target set "
+    "and seed on the same data."
+)
+VERDICT_MARKS = {WITHIN: "✓", DIFFERS: "✗"}
+
+
+def references_count(long: list[dict[str, Any]]) -> int:
+    """K: the retrained references per (target set, seed) (the fewest any has)."""
+    found: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for row in long:
+        if is_reference(row):
+            found[(row["targets"], row["seed"])].add(row["method"])
+    return min((len(v) for v in found.values()), default=0)
+
+
+def verdict_table(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Per method (rows) and metric (columns): gap / floor [interval], verdict, cells within.
+
+    The first row gives each metric's mean floor; empty when nothing has a floor.
+    """
+    judged = [s for s in summary if s.get("noise_floor") is not None]
+    if not judged:
+        return [], []
+    order = [m for m in _headline(summary) if any(s["metric"] == m for s in judged)]
+    by_method: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for s in judged:
+        if s["kind"] != REFERENCE_KIND:
+            by_method[(s["kind"], s["method"])][s["metric"]] = s
+    floors = {m: [s["noise_floor"] for s in judged if s["metric"] == m] for m in order}
+    rows = [["floor (mean)", *(f"{np.mean(floors[m]):.3f}" for m in order)]]
+    rank = {"original": 0, "retrain": 1}
+    keys = sorted(by_method, key=lambda k: (k[0] != "federated", rank.get(k[1], 2), k[1]))
+    for kind, method in keys:
+        entries = by_method[(kind, method)]
+        rows.append(
+            [
+                _label({"kind": kind, "method": method}),
+                *(_verdict_cell(entries[m]) if m in entries else "" for m in order),
+            ]
+        )
+    return ["method", *order], rows
+
+
+def _verdict_cell(s: dict[str, Any]) -> str:
+    """``gap/floor [interval] mark k/n`` of one summary row."""
+    floor, ratio = s["noise_floor"], s["gap_floor"]
+    text = "inf" if ratio is None else f"{ratio:.2f}"
+    if s["noise_gap_ci_low"] is not None and floor > 0:
+        low, high = max(s["noise_gap_ci_low"], 0.0) / floor, s["noise_gap_ci_high"] / floor
+        text += f" [{low:.2f}, {high:.2f}]"
+    cells = round(s["within_share"] * s["n"]) if s.get("within_share") is not None else 0
+    return f"{text} {VERDICT_MARKS.get(s['verdict'], '')} {cells}/{s['n']}"
+
+
+_VERDICT_COLOURS = {
+    "within (<= 0.5)": (0.30, 0.69, 0.31),
+    "within (0.5-1)": (0.65, 0.84, 0.65),
+    "differs (1-2)": (1.00, 0.80, 0.50),
+    "differs (> 2)": (0.90, 0.22, 0.21),
+}
+
+
+def _shade(verdict: str, ratio: float | None) -> str:
+    """The colour key of a verdict and its gap / floor."""
+    if verdict == WITHIN:
+        return "within (<= 0.5)" if ratio is not None and ratio <= 0.5 else "within (0.5-1)"
+    return "differs (1-2)" if ratio is not None and ratio <= 2 else "differs (> 2)"
+
+
+def _verdict_figure(folder: Path, summary: list[dict[str, Any]]) -> bool:
+    """``verdicts.png``: gap / floor per method and metric; False when nothing has a floor."""
+    header, rows = verdict_table(summary)
+    if not rows[1:]:
+        return False
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    metrics = header[1:]
+    methods = [row[0] for row in rows[1:]]
+    index = {(_label(s), s["metric"]): s for s in summary if s.get("noise_floor") is not None}
+    colours = np.ones((len(methods), len(metrics), 3))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 + 0.62 * len(metrics)), 1.6 + 0.32 * len(methods)))
+    for i, method in enumerate(methods):
+        for j, metric in enumerate(metrics):
+            s = index.get((method, metric))
+            if s is None:
+                continue
+            ratio = s["gap_floor"]
+            colours[i, j] = _VERDICT_COLOURS[_shade(s["verdict"], ratio)]
+            text = ">9" if ratio is None or ratio > 9 else f"{ratio:.1f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=6)
+    ax.imshow(colours, aspect="auto")
+    ax.set_xticks(range(len(metrics)), [m.replace("_", " ") for m in metrics], fontsize=7)
+    ax.set_yticks(range(len(methods)), methods, fontsize=7)
+    plt.setp(ax.get_xticklabels(), rotation=60, ha="right")
+    ax.set_title("gap / retraining noise floor per method and metric", fontsize=9)
+    ax.legend(
+        handles=[Patch(color=c, label=label) for label, c in _VERDICT_COLOURS.items()],
+        fontsize=6,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
+    fig.tight_layout()
+    fig.savefig(folder / "verdicts.png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _provenance(out_dir: Path) -> list[str]:
+    """Lines naming where the cells were computed (from ``provenance.json``)."""
+    path = out_dir / PROVENANCE_JSON
+    if not path.is_file():
+        return []
+    return [f"{p['label']}: {p['cells']} cell(s)" for p in json.loads(path.read_text())]
+
+
+PROVENANCE_INTRO = (
+    "A run repeats exactly on the same machine with the same versions; torch's CPU kernels "
+    "depend on the instruction set, so another machine gives other numbers."
+)
 REFUSED_INTRO = (
     "Cells a method refused or could not finish (e.g. a loss that stopped being finite); "
     "the method's means above are over its other cells."
@@ -256,6 +413,14 @@ def write_report(out_dir: Path) -> list[Path]:
     markdown.append("| " + " | ".join(header) + " |")
     markdown.append("|" + "---|" * len(header))
     markdown += ["| " + " | ".join(row) + " |" for row in rows]
+    count = references_count(long)
+    verdict_header, verdict_rows = verdict_table(summary)
+    verdict_intro = VERDICT_INTRO.format(count=count) if verdict_rows else NO_FLOOR
+    markdown += ["", "## Within retraining noise?", "", verdict_intro, ""]
+    if verdict_rows:
+        markdown.append("| " + " | ".join(verdict_header) + " |")
+        markdown.append("|" + "---|" * len(verdict_header))
+        markdown += ["| " + " | ".join(row) + " |" for row in verdict_rows]
     refused = _refused(out_dir)
     if refused:
         markdown += ["", "## Cells without a result", "", REFUSED_INTRO, ""]
@@ -263,6 +428,10 @@ def write_report(out_dir: Path) -> list[Path]:
         markdown += ["| " + " | ".join(row) + " |" for row in refused]
     for title, path in figures:
         markdown += ["", f"## {title}", "", f"![{title}]({path})"]
+    machines = _provenance(out_dir)
+    if machines:
+        markdown += ["", "## Computed on", "", PROVENANCE_INTRO, ""]
+        markdown += [f"- {line}" for line in machines]
     (out_dir / REPORT_MD).write_text("\n".join(markdown) + "\n")
 
     cells = _html_rows(rows)
@@ -272,6 +441,20 @@ def write_report(out_dir: Path) -> list[Path]:
         + _html_rows(refused)
         + "</table>"
         if refused
+        else ""
+    )
+    verdicts_html = f"<h2>Within retraining noise?</h2><p>{html.escape(verdict_intro)}</p>" + (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in verdict_header)
+        + f"</tr>{_html_rows(verdict_rows)}</table>"
+        if verdict_rows
+        else ""
+    )
+    machines_html = (
+        f"<h2>Computed on</h2><p>{html.escape(PROVENANCE_INTRO)}</p><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in machines)
+        + "</ul>"
+        if machines
         else ""
     )
     images = "".join(
@@ -288,7 +471,8 @@ def write_report(out_dir: Path) -> list[Path]:
         f"<h1>Experiment report: {html.escape(out_dir.name)}</h1><p>{html.escape(intro)}</p>"
         "<table><tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        + f"</tr>{cells}</table>{refused_html}{images}</body></html>"
+        + f"</tr>{cells}</table>{verdicts_html}{refused_html}{images}{machines_html}"
+        "</body></html>"
     )
     (out_dir / REPORT_HTML).write_text(page)
     return [

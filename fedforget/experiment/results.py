@@ -1,12 +1,18 @@
 """An experiment's results as data: long-format rows and aggregated tables.
 
 * ``results-long.csv`` / ``results-long.json``: one row per (method, target
-  set, seed, metric) with the forget-set size;
+  set, seed, metric) with the forget-set size, the retraining noise floor,
+  the gap to the references, gap / floor and the verdict
+  (:mod:`fedforget.experiment.validity`), and where the cell was computed;
 * ``summary.csv`` / ``summary.json``: per (kind, method, metric) the mean and
   standard deviation over target sets and seeds, the mean signed delta to the
   retrained reference of the same (target set, seed), its 95 % confidence
-  interval (Student t over the paired deltas) and the mean absolute gap;
-* ``curves.csv``: each federated cell's test score by round after the request.
+  interval (Student t over the paired deltas) and the mean absolute gap; with
+  K >= 2 references, the mean gap to the references with its 95 % interval,
+  the mean floor, gap / floor and the verdict;
+* ``curves.csv``: each federated cell's test score by round after the request;
+* ``provenance.json``: each computing environment (CPU capability torch
+  uses, torch / flwr / numpy versions, threads) and how many cells it computed.
 
 The retrained reference is the federated ``retrain`` row of the same target
 set and seed; the ``original`` row's gaps show how much there was to forget.
@@ -25,14 +31,17 @@ from typing import Any
 
 import numpy as np
 
+from fedforget.experiment.validity import REFERENCE, Verdict, summarise_verdicts, with_verdicts
+from fedforget.provenance import provenance_label
+
 LONG_CSV = "results-long.csv"
 LONG_JSON = "results-long.json"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 CURVES_CSV = "curves.csv"
 REFUSED_JSON = "refused.json"
-REFERENCE = "retrain"
-_NOT_METRICS = {"seed", "forget_size", "unlearning_round", "recovered"}
+PROVENANCE_JSON = "provenance.json"
+_NOT_METRICS = {"seed", "forget_size", "unlearning_round", "recovered", "references"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,19 @@ class Summary:
     delta_ci_high: float | None
     gap_mean: float | None
     forget_size: float
+    noise_gap: float | None = None
+    """Mean gap to the K references (|value - their mean|, or the distance itself)."""
+    noise_gap_ci_low: float | None = None
+    noise_gap_ci_high: float | None = None
+    noise_floor: float | None = None
+    """Mean retraining noise floor (the references' largest pairwise difference)."""
+    gap_floor: float | None = None
+    verdict: str = ""
+    """``within retraining noise``, ``differs``, what the floor needs, or "" (a cost)."""
+    within_share: float | None = None
+    """Share of the (target set, seed) cells whose gap is within their floor."""
+    machines: str = ""
+    """Where the cells were computed (:func:`fedforget.provenance.provenance_label`)."""
 
 
 def targets_key(row: dict[str, Any]) -> str:
@@ -57,8 +79,18 @@ def targets_key(row: dict[str, Any]) -> str:
     return "+".join(row.get("targets", [])) or "scenario"
 
 
+def machine(cell: dict[str, Any]) -> str:
+    """Where a cell was computed, as one text ("" for a cell that did not record it)."""
+    recorded = cell.get("provenance")
+    return provenance_label(recorded) if isinstance(recorded, dict) else ""
+
+
 def long_rows(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (method, target set, seed, metric) of the cells that ran ("ok")."""
+    """One row per (method, target set, seed, metric) of the cells that ran ("ok").
+
+    Each row carries the floor, gap, gap / floor and verdict of
+    :func:`fedforget.experiment.validity.with_verdicts`, and ``machine``.
+    """
     out = []
     for cell in cells:
         if cell.get("status") != "ok":
@@ -86,9 +118,10 @@ def long_rows(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                     "forget_size": cell.get("forget_size"),
                     "metric": metric,
                     "value": float(value),
+                    "machine": machine(cell),
                 }
             )
-    return out
+    return with_verdicts(out)
 
 
 def t_quantile_975(degrees: int) -> float:
@@ -114,6 +147,7 @@ def summarise(long: Sequence[dict[str, Any]]) -> list[Summary]:
         groups[(row["kind"], row["method"], row["metric"])].append(row)
     summaries = []
     for (kind, method, metric), rows in groups.items():
+        judged = summarise_verdicts(rows) if "verdict" in rows[0] else None
         values = np.array([r["value"] for r in rows], dtype=np.float64)
         deltas = np.array(
             [
@@ -141,10 +175,29 @@ def summarise(long: Sequence[dict[str, Any]]) -> list[Summary]:
                 delta_ci_high=high,
                 gap_mean=float(np.abs(deltas).mean()) if use_delta else None,
                 forget_size=float(np.mean([r["forget_size"] or 0 for r in rows])),
+                **_verdict_fields(judged),
+                machines=" | ".join(sorted({r.get("machine", "") for r in rows} - {""})),
             )
         )
     order = {"federated": 0, "centralised": 1}
     return sorted(summaries, key=lambda s: (order.get(s.kind, 2), s.method, s.metric))
+
+
+def _verdict_fields(judged: Verdict | str | None) -> dict[str, Any]:
+    """The :class:`Summary` fields of a verdict (only ``verdict`` for a reason)."""
+    if judged is None:
+        return {}
+    if isinstance(judged, str):
+        return {"verdict": judged}
+    return {
+        "noise_gap": judged.gap,
+        "noise_gap_ci_low": judged.gap_ci_low,
+        "noise_gap_ci_high": judged.gap_ci_high,
+        "noise_floor": judged.floor,
+        "gap_floor": judged.gap_floor,
+        "verdict": judged.verdict,
+        "within_share": judged.within_share,
+    }
 
 
 def curve_rows(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -158,6 +211,7 @@ def curve_rows(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                     "targets": targets_key(cell),
                     "seed": cell["seed"],
                     **point,
+                    "machine": machine(cell),
                 }
             )
     return out
@@ -185,10 +239,33 @@ def write_experiment_results(out_dir: Path, cells: Sequence[dict[str, Any]]) -> 
     (out_dir / REFUSED_JSON).write_text(
         json.dumps(
             [
-                {k: c.get(k) for k in ("kind", "method", "targets", "seed", "reason")}
+                {
+                    **{k: c.get(k) for k in ("kind", "method", "targets", "seed", "reason")},
+                    "machine": machine(c),
+                }
                 for c in refused
             ],
             indent=1,
         )
     )
+    (out_dir / PROVENANCE_JSON).write_text(json.dumps(provenance_counts(cells), indent=1))
     return summaries
+
+
+def provenance_counts(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each distinct computing environment of ``cells`` with its number of cells."""
+    counts: dict[str, int] = defaultdict(int)
+    records: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        recorded = cell.get("provenance")
+        key = json.dumps(recorded, sort_keys=True) if isinstance(recorded, dict) else "null"
+        counts[key] += 1
+        records[key] = recorded if isinstance(recorded, dict) else {}
+    return [
+        {
+            "cells": counts[key],
+            "label": provenance_label(records[key]) if records[key] else "not recorded",
+            **records[key],
+        }
+        for key in sorted(counts, key=lambda k: -counts[k])
+    ]

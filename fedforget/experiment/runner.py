@@ -2,9 +2,15 @@
 
 Per seed, one Flower simulation trains the original federation once (every
 compared method that keeps history observes it), then for each target set
-the retrained reference (from the reference cache when it is there) and one
-cell per federated method. Centralised methods then run from the saved
-original model, without a simulation.
+the ``references`` retrained references (from the reference cache when they
+are there: the same data, each its own training seed) and one cell per
+federated method. Centralised methods then run from the saved original
+model, without a simulation.
+
+Reference 0 is the ``retrain`` row (kind ``federated``), references 1..K-1
+the ``retrain-1``... rows (kind ``reference``). Every row is evaluated against
+the references (a reference against the others), and records K: a row
+computed with another K is computed again.
 
 Each finished cell is written at once to ``DIR/cells/seed-<s>/<targets>/<kind>-<method>.json``
 (atomically), so an interrupted run started again with the same file and
@@ -28,6 +34,7 @@ import numpy as np
 from fedforget.arrays import Arrays
 from fedforget.config import ConfigError, FederationConfig
 from fedforget.experiment.spec import ExperimentSpec, load_experiment
+from fedforget.experiment.validity import REFERENCE, reference_name
 
 SPEC_FILE = "experiment.toml"
 CELLS_DIR = "cells"
@@ -56,7 +63,11 @@ def all_cells(spec: ExperimentSpec) -> list[CellKey]:
     cells = []
     for seed in spec.seeds:
         for targets in spec.target_sets:
-            cells.append(CellKey("federated", "retrain", targets, seed))
+            cells.append(CellKey("federated", REFERENCE, targets, seed))
+            cells += [
+                CellKey("reference", reference_name(k), targets, seed)
+                for k in range(1, spec.references)
+            ]
             cells.append(CellKey("federated", "original", targets, seed))
             cells += [CellKey("federated", m, targets, seed) for m in spec.methods]
         for targets in spec.target_sets:
@@ -116,19 +127,30 @@ class Runner:
     ) -> None:
         self.spec, self.out_dir, self.num_cpus = spec, out_dir, num_cpus
         self.cells = all_cells(spec)
-        done = sum(key.path(out_dir).is_file() for key in self.cells)
-        self.progress = Progress(len(self.cells), done, progress)
+        self._done = {key for key in self.cells if self._on_disk(key)}
+        self.progress = Progress(len(self.cells), len(self._done), progress)
         self.computed: list[CellKey] = []
         self.finished_at: list[float] = []
         """``time.monotonic()`` when each computed cell was written (for benchmarks)."""
 
+    def _on_disk(self, key: CellKey) -> bool:
+        """Whether the cell's row is on disk, computed with the experiment's references."""
+        path = key.path(self.out_dir)
+        if not path.is_file():
+            return False
+        return json.loads(path.read_text()).get("references", 1) == self.spec.references
+
     def done(self, key: CellKey) -> bool:
-        """Whether the cell's row is on disk."""
-        return key.path(self.out_dir).is_file()
+        """Whether the cell's row is on disk (computed with the experiment's references)."""
+        return key in self._done
 
     def record(self, key: CellKey, row: dict[str, Any]) -> None:
-        """Write a finished cell."""
+        """Write a finished cell (with the references it was computed with, and where)."""
+        from fedforget.provenance import provenance
+
+        row = {**row, "references": self.spec.references, "provenance": provenance()}
         write_json_atomic(key.path(self.out_dir), row)
+        self._done.add(key)
         self.computed.append(key)
         self.finished_at.append(time.monotonic())
         self.progress.tick(key)
@@ -158,13 +180,12 @@ class Runner:
     def run_seed(self, grid: Any, seed: int) -> None:
         """The ServerApp body of one seed: original, then references and federated cells."""
         from fedforget.comparison import (
-            load_reference,
+            load_references,
             recovery_target,
-            reference_config,
             run_cell,
-            save_reference,
+            save_references,
             train_original,
-            train_phase,
+            train_references,
         )
 
         spec = self.spec
@@ -173,22 +194,25 @@ class Runner:
         save_arrays(self.original_path(seed), original.phase.arrays)
         for targets in spec.target_sets:
             config = spec.cell_config(targets, seed)
-            keys = {m: CellKey("federated", m, targets, seed) for m in ("retrain", "original")}
+            keys = reference_keys(spec, targets, seed)
+            original_key = CellKey("federated", "original", targets, seed)
             todo = [
                 m for m in spec.methods if not self.done(CellKey("federated", m, targets, seed))
             ]
-            if not todo and all(self.done(k) for k in keys.values()):
+            if not todo and all(self.done(k) for k in (*keys, original_key)):
                 continue
-            reference = load_reference(config)
-            if reference is None:
-                reference = train_phase(grid, reference_config(config), "[reference] ")
-                save_reference(config, reference)
-            target = recovery_target(config, reference, spec.recovery_stop)
-            evaluate = CellEvaluator(config, reference.arrays, original.phase.arrays)
-            if not self.done(keys["retrain"]):
-                self.record(keys["retrain"], evaluate.phase_row("retrain", reference))
-            if not self.done(keys["original"]):
-                self.record(keys["original"], evaluate.phase_row("original", original.phase))
+            references = train_references(
+                grid, config, load_references(config, spec.references), first=0
+            )
+            save_references(config, references)
+            target = recovery_target(config, references[0], spec.recovery_stop)
+            evaluate = CellEvaluator(config, [r.arrays for r in references], original.phase.arrays)
+            for index, key in enumerate(keys):
+                if not self.done(key):
+                    row = evaluate.phase_row(key.method, references[index], key.kind, index)
+                    self.record(key, row)
+            if not self.done(original_key):
+                self.record(original_key, evaluate.phase_row("original", original.phase))
             for method in todo:
                 cell = run_cell(grid, config, method, original, target)
                 self.record(
@@ -197,45 +221,62 @@ class Runner:
 
     def run_centralised(self, seed: int) -> None:
         """The seed's centralised cells, from its saved original model."""
-        from fedforget.comparison import load_reference
+        from fedforget.comparison import load_references
         from fedforget.federated.federation import read_arrays
 
         spec = self.spec
         original = read_arrays(self.original_path(seed))
         for targets in spec.target_sets:
             config = spec.cell_config(targets, seed)
-            reference = load_reference(config)
-            if reference is None:
+            references = load_references(config, spec.references)
+            if any(r is None for r in references):
                 raise RuntimeError(
-                    f"the retrained reference of targets {list(targets)}, seed {seed} is not in "
+                    f"a retrained reference of targets {list(targets)}, seed {seed} is not in "
                     "the reference cache: run the experiment again to train it"
                 )
-            evaluate = CellEvaluator(config, reference.arrays, original)
+            evaluate = CellEvaluator(config, [r.arrays for r in references if r], original)
             for method in spec.centralised:
                 key = CellKey("centralised", method, targets, seed)
                 if not self.done(key):
                     self.record(key, evaluate.centralised_row(method))
 
 
+def reference_keys(spec: ExperimentSpec, targets: tuple[str, ...], seed: int) -> list[CellKey]:
+    """The cells of references 0..K-1 of one (target set, seed)."""
+    return [
+        CellKey("federated" if k == 0 else "reference", reference_name(k), targets, seed)
+        for k in range(spec.references)
+    ]
+
+
 class CellEvaluator:
-    """Rows of one (target set, seed): metrics against its retrained reference."""
+    """Rows of one (target set, seed): metrics against its retrained references."""
 
-    def __init__(self, config: FederationConfig, reference: Arrays, original: Arrays) -> None:
-        self.config, self.reference, self.original = config, reference, original
+    def __init__(
+        self, config: FederationConfig, references: list[Arrays], original: Arrays
+    ) -> None:
+        self.config, self.references, self.original = config, references, original
 
-    def _row(self, row: dict[str, Any], model: Any) -> dict[str, Any]:
+    def _row(self, row: dict[str, Any], model: Any, leave_out: int | None = None) -> dict[str, Any]:
+        """``row`` with the cell metrics, against every reference but ``leave_out``."""
         from fedforget.experiment.evaluation import cell_metrics
 
         started = time.monotonic()
-        metrics = cell_metrics(self.config, model, self.reference, self.original)
+        # a lone reference is compared with itself, as before there were several
+        references = [r for i, r in enumerate(self.references) if i != leave_out]
+        references = references or self.references
+        metrics = cell_metrics(self.config, model, references, self.original)
         cost = {**row.get("cost", {}), "eval_s": round(time.monotonic() - started, 2)}
         return {**row, **metrics, "cost": cost}
 
-    def phase_row(self, name: str, phase: Any) -> dict[str, Any]:
-        """The row of the original or the retrained model."""
+    def phase_row(
+        self, name: str, phase: Any, kind: str = "federated", reference: int | None = None
+    ) -> dict[str, Any]:
+        """The row of the original or of reference ``reference`` (against the others)."""
         from fedforget.comparison import model_row
 
-        return self._row(model_row(self.config, name, phase.arrays, phase.cost()), phase.arrays)
+        row = model_row(self.config, name, phase.arrays, phase.cost(), kind=kind)
+        return self._row(row, phase.arrays, leave_out=reference)
 
     def cell_row(self, cell: Any, target_score: float) -> dict[str, Any]:
         """The row of a federated method's cell, with its recovery curve."""
@@ -263,7 +304,10 @@ class CellEvaluator:
 
 def prepare(spec_path: Path, out_dir: Path) -> ExperimentSpec:
     """Load the experiment and bind it to ``out_dir`` (a different file there is refused)."""
+    from fedforget.scenarios import check_forget_set
+
     spec = load_experiment(spec_path)
+    check_forget_set(spec.cell_config(spec.target_sets[0], spec.seeds[0]))  # before any training
     kept = out_dir / SPEC_FILE
     if kept.is_file():
         if kept.read_text() != spec_path.read_text():

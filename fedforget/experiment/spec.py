@@ -8,7 +8,8 @@ One TOML file per experiment in ``experiments/``::
     targets = "each"                         # every client in turn, or [["0"], ["0", "5"]]
     seeds = [0, 1, 2]
     recovery-stop = "retrain-acc"            # or "budget"
-    scenario = "client"                      # or "random" / "class" (centralised rows only)
+    scenario = "client"                      # or "backdoor"; "random" / "class" (centralised only)
+    references = 3                           # retrained references per cell (>= 2: noise floor)
 
     [config]                                 # run-config keys, as in --run-config
     dataset = "digits"
@@ -17,7 +18,8 @@ One TOML file per experiment in ``experiments/``::
     eta-special = 2.0
 
 Cells are (method, target set, seed): the original federation is trained
-once per seed, the retrained reference once per (target set, seed).
+once per seed, the ``references`` retrained references once per (target set,
+seed), on the same data with their own training seeds.
 """
 
 from __future__ import annotations
@@ -27,10 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedforget.config import ConfigError, FederationConfig
+from fedforget.config import CLIENT_SCENARIOS, ConfigError, FederationConfig
 
 RECOVERY_STOPS = ("retrain-acc", "budget")
-EXPERIMENT_KEYS = ("methods", "centralised", "targets", "seeds", "recovery-stop", "scenario")
+EXPERIMENT_KEYS = (
+    "methods",
+    "centralised",
+    "targets",
+    "seeds",
+    "recovery-stop",
+    "scenario",
+    "references",
+)
+DEFAULT_REFERENCES = 3
+"""Retrained references per (target set, seed) when an experiment file names none."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,7 @@ class ExperimentSpec:
     target_sets: tuple[tuple[str, ...], ...]
     seeds: tuple[int, ...]
     recovery_stop: str = "retrain-acc"
+    references: int = DEFAULT_REFERENCES
 
     def cell_config(self, targets: tuple[str, ...], seed: int) -> FederationConfig:
         """The run config of one (target set, seed)."""
@@ -127,19 +140,25 @@ def load_experiment(path: Path) -> ExperimentSpec:
     recovery_stop = experiment.get("recovery-stop", "retrain-acc")
     if recovery_stop not in RECOVERY_STOPS:
         raise ConfigError(f"[experiment] recovery-stop must be one of {', '.join(RECOVERY_STOPS)}")
+    references = experiment.get("references", DEFAULT_REFERENCES)
+    if isinstance(references, bool) or not isinstance(references, int) or references < 1:
+        raise ConfigError(
+            f"[experiment] references must be an integer >= 1 (retrained models per target set "
+            f"and seed; >= 2 gives the retraining noise floor), got {references!r}"
+        )
     federated = [m for m in method_names() if m != "retrain"]
     methods = _names(experiment.get("methods", "all"), "methods", federated)
     centralised = _names(experiment.get("centralised", "all"), "centralised", centralised_names())
-    if scenario == "client":
-        targets = _target_sets(experiment.get("targets", "each"), config)
-    else:
-        targets = ((),)  # the forget set is the scenario's, the same for every cell
+    clients = scenario in CLIENT_SCENARIOS
+    # outside the client scenarios the forget set is the scenario's, the same for every cell
+    targets = _target_sets(experiment.get("targets", "each"), config) if clients else ((),)
     return ExperimentSpec(
         name=path.stem,
         config=config,
-        methods=methods if scenario == "client" else (),
+        methods=methods if clients else (),
         centralised=centralised,
         target_sets=targets,
         seeds=tuple(dict.fromkeys(seeds)),
         recovery_stop=recovery_stop,
+        references=references,
     )

@@ -12,13 +12,15 @@ ideal: the retrained model's value, and its direction). Evaluate a selection::
     metric_info("svc_mia_confidence").kind               # "fraction predicted member"
 
 Modules: ``accuracy`` (test / forget / retain accuracy, Dice), ``mia`` (Yeom,
-SVC-MIA), ``mia_nn`` (class unlearning), ``ulira`` (U-LiRA), ``divergence``
+SVC-MIA), ``mia_nn`` (class unlearning), ``ulira`` (U-LiRA), ``backdoor``
+(the attack success rate of the backdoor scenario), ``divergence``
 (KL / JS to retrain and the retrain-vs-retrain floor), ``gap`` (SalUn's Average
 Gap), ``recovery`` (recovery rounds, fixed budget, relearn time), ``headline``
 (the four-number evaluation of ``fedforget compare``).
 """
 
 from fedforget.metrics.base import (
+    MIN_REFERENCES,
     PARTS,
     SCENARIOS,
     Metric,
@@ -38,6 +40,7 @@ from fedforget.metrics.divergence import (
 from fedforget.metrics.gap import AVERAGE_GAP_METRICS, average_gap
 from fedforget.metrics.headline import (
     METRIC_NAMES,
+    SCENARIO_METRIC_NAMES,
     SEGMENTATION_METRIC_NAMES,
     SegmentationUnlearningMetrics,
     UnlearningMetrics,
@@ -45,6 +48,7 @@ from fedforget.metrics.headline import (
     evaluate_unlearning,
     headline_metrics,
     metric_names,
+    scenario_metrics,
 )
 from fedforget.metrics.mia import (
     SVC_FEATURES,
@@ -75,6 +79,7 @@ from fedforget.metrics.ulira import (
     logit_confidence,
     ulira_accuracy,
     ulira_cross_validated,
+    ulira_offline_auc,
     ulira_scores,
 )
 
@@ -83,8 +88,10 @@ __all__ = [
     "DEFAULT_SHADOW_PAIRS",
     "METRICS",
     "METRIC_NAMES",
+    "MIN_REFERENCES",
     "PARTS",
     "SCENARIOS",
+    "SCENARIO_METRIC_NAMES",
     "SEGMENTATION_METRIC_NAMES",
     "SVC_FEATURES",
     "Metric",
@@ -120,11 +127,13 @@ __all__ = [
     "neighbour_features",
     "recovery_rounds",
     "relearn_time",
+    "scenario_metrics",
     "score_after_budget",
     "svc_features",
     "svc_mia",
     "ulira_accuracy",
     "ulira_cross_validated",
+    "ulira_offline_auc",
     "ulira_scores",
     "yeom_mia",
 ]

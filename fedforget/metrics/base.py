@@ -33,13 +33,16 @@ if TYPE_CHECKING:
 Part = Literal["forget", "retain", "test"]
 PARTS: tuple[Part, ...] = ("forget", "retain", "test")
 TASKS = ("classification", "segmentation")
-SCENARIOS = ("client", "random", "class")
+SCENARIOS = ("client", "random", "class", "backdoor")
 """Forget scenarios (``fedforget.config.FORGET_SCENARIOS``)."""
-SAMPLE_SCENARIOS = ("client", "random")
+SAMPLE_SCENARIOS = ("client", "random", "backdoor")
 """Scenarios that forget examples rather than a whole class."""
 
-Requirement = Literal["retrained", "original", "shadows", "history", "budget"]
-"""What a metric needs in its :class:`MetricContext` beyond the unlearned model."""
+Requirement = Literal["retrained", "references", "original", "shadows", "history", "budget"]
+"""What a metric needs in its :class:`MetricContext` beyond the unlearned model
+(``references``: at least two retrained models on the same data)."""
+MIN_REFERENCES = 2
+"""Retrained models a spread (a noise floor, U-LiRA's Gaussians) needs at least."""
 
 Direction = Literal["higher", "lower", "retrain"]
 """``higher`` / ``lower`` is better, or ``retrain``: the closer to the retrained model's value."""
@@ -63,9 +66,14 @@ class Splits:
     num_classes : int (default: 10)
         Output classes of the model.
     scenario : str (default: ``"client"``)
-        ``"client"``, ``"random"`` or ``"class"``.
+        ``"client"``, ``"random"``, ``"class"`` or ``"backdoor"``.
     forget_class : int | None (default: None)
         The forgotten class; set exactly when ``scenario`` is ``"class"``.
+    backdoor_x : torch.Tensor | None (default: None)
+        The test images whose label is not the backdoor's target class, with
+        the trigger; set exactly when ``scenario`` is ``"backdoor"``.
+    backdoor_target : int | None (default: None)
+        The class the trigger asks for (backdoor scenario).
 
     """
 
@@ -79,6 +87,8 @@ class Splits:
     num_classes: int = 10
     scenario: str = "client"
     forget_class: int | None = None
+    backdoor_x: torch.Tensor | None = None
+    backdoor_target: int | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -90,6 +100,12 @@ class Splits:
         if (self.scenario == "class") != (self.forget_class is not None):
             raise ValueError(
                 "forget_class is set exactly for scenario='class': pass both or neither"
+            )
+        backdoor = self.backdoor_x is not None and self.backdoor_target is not None
+        if (self.scenario == "backdoor") != backdoor:
+            raise ValueError(
+                "backdoor_x and backdoor_target are set exactly for scenario='backdoor': "
+                "pass the triggered test images and the target class"
             )
 
     def part(self, name: Part) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +123,7 @@ class Splits:
         """The splits of a scenario's :class:`~fedforget.scenarios.ForgetSet` of ``data``."""
         forget_index = torch.from_numpy(np.asarray(forget.forget_index, dtype=np.int64))
         retain_index = torch.from_numpy(np.asarray(forget.retain_index, dtype=np.int64))
+        trigger = forget.trigger
         return cls(
             forget_x=data.train_x[forget_index],
             forget_y=data.train_y[forget_index],
@@ -118,6 +135,8 @@ class Splits:
             num_classes=data.num_classes,
             scenario=forget.scenario,
             forget_class=forget.forget_class,
+            backdoor_x=None if trigger is None else trigger.attack_images(data.test_x, data.test_y),
+            backdoor_target=None if trigger is None else trigger.target_class,
         )
 
 
@@ -221,6 +240,8 @@ class MetricContext:
         """Whether this context holds what ``requirement`` names."""
         if requirement == "retrained":
             return bool(self.retrained)
+        if requirement == "references":
+            return len(self.retrained) >= MIN_REFERENCES
         if requirement == "original":
             return self.original is not None
         if requirement == "shadows":
@@ -263,7 +284,8 @@ class MetricInfo:
         What it measures, in one sentence.
     kind : str
         ``"accuracy"``, ``"dice"``, ``"loss"``, ``"fraction predicted member"``,
-        ``"fraction classified original"``, ``"attack accuracy"``,
+        ``"fraction classified original"``, ``"attack accuracy"``, ``"attack AUC"``,
+        ``"attack success rate"``,
         ``"divergence"``, ``"gap"``, ``"rounds"``, ``"score"`` or ``"steps"``.
     ideal : str
         The ideal value in words; for an unlearning metric, the retrained
@@ -302,6 +324,11 @@ class MetricInfo:
             return (
                 f"{self.name} applies to the {' / '.join(self.scenarios)} forget scenario(s), "
                 f"not {splits.scenario}"
+            )
+        if "references" in self.requires and not context.has("references"):
+            return (
+                f"{self.name} needs references >= {MIN_REFERENCES} (retrained models on the "
+                f"same data), got {len(context.retrained)}"
             )
         absent = [r for r in self.requires if not context.has(r)]
         if absent:

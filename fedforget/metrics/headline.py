@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fedforget.metrics.base import MetricContext, Splits
-from fedforget.metrics.registry import evaluate_metrics
+from fedforget.metrics.registry import evaluate_metrics, metric_info
 
 if TYPE_CHECKING:
     from fedforget.data import FederatedData, SplitDataset
@@ -31,6 +31,9 @@ SEGMENTATION_METRIC_NAMES = (
     "forget_dice_fg",
     "retain_dice_fg",
 )
+
+SCENARIO_METRIC_NAMES = ("backdoor_asr",)
+"""Metrics a scenario adds to the headline where they apply (the backdoor's attack success)."""
 
 
 def metric_names(values: Mapping[str, object]) -> tuple[str, ...]:
@@ -100,6 +103,19 @@ def evaluate_forget_set(
 ) -> UnlearningMetrics | SegmentationUnlearningMetrics:
     """Headline metrics for forgetting a scenario's :class:`~fedforget.scenarios.ForgetSet`."""
     return headline_metrics(model, Splits.from_forget_set(data, forget), device)
+
+
+def scenario_metrics(
+    model: nn.Module,
+    data: SplitDataset,
+    forget: ForgetSet,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """The :data:`SCENARIO_METRIC_NAMES` that apply to the scenario (``{}`` for most)."""
+    splits = Splits.from_forget_set(data, forget)
+    context = MetricContext(unlearned=model, device=str(device))
+    names = [n for n in SCENARIO_METRIC_NAMES if not metric_info(n).missing(context, splits)]
+    return evaluate_metrics(context, splits, names)
 
 
 def evaluate_unlearning(

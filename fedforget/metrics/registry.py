@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedforget.metrics import accuracy, divergence, gap, mia, mia_nn, recovery, ulira
+from fedforget.metrics import accuracy, backdoor, divergence, gap, mia, mia_nn, recovery, ulira
 from fedforget.metrics.base import Metric, MetricContext, MetricInfo, Splits
 
 METRICS: dict[str, Metric] = {
@@ -32,6 +32,8 @@ METRICS: dict[str, Metric] = {
         Metric(mia.SVC_MIA_PROB, mia.svc_mia_prob),
         Metric(mia_nn.MIA_NN, mia_nn.mia_nn),
         Metric(ulira.ULIRA_ACC, ulira.ulira_acc),
+        Metric(ulira.ULIRA_AUC, ulira.ulira_auc),
+        Metric(backdoor.BACKDOOR_ASR, backdoor.backdoor_asr),
         Metric(divergence.KL_TEST, divergence.kl_test),
         Metric(divergence.KL_FORGET, divergence.kl_forget),
         Metric(divergence.JS_TEST, divergence.js_test),

@@ -23,6 +23,19 @@ Ideal 0.5 (the unlearned model is indistinguishable from retraining); 1 means
 every example betrays the method. With few pairs, per-example variances are
 noisy: ``variance="global"`` pools one variance per distribution over the
 examples (LiRA's fixed variance).
+
+``ulira_auc`` is the offline form the experiment runner computes: it needs no
+unlearned shadow models, only the K retrained references of the cell (same
+data, other training seeds), which saw neither the forget set nor the test
+set. Per example ``i`` of both sets, a Gaussian ``N(mu_i, s)`` is fit to the
+references' scores (``s`` pooled over the examples, LiRA's fixed variance, as
+K is small). The model under test scores each example by
+``t_i = (phi_i - mu_i) / s``: how much more confident it is than a retrained
+model would be. ``ulira_auc`` is the ROC AUC of ``t`` separating the forget
+examples (positives) from the held-out test examples: 0.5 when the model treats
+the forget set as retrained models do, 1 when it still recognises every forget
+example. A reference evaluated this way is fit on the other references, so the
+references' own values (the retraining noise of this metric) need K >= 3.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from fedforget.metrics.base import MetricContext, MetricInfo, Splits
+from fedforget.metrics.base import MetricContext, MetricInfo, Part, Splits
 from fedforget.metrics.outputs import class_outputs
 
 DEFAULT_SHADOW_PAIRS = 4
@@ -155,6 +168,56 @@ def ulira_accuracy(
     return float(0.5 * said_unlearned.mean() + 0.5 * said_out.mean())
 
 
+def ulira_offline_auc(
+    reference_forget: NDArray[np.float64],
+    reference_held_out: NDArray[np.float64],
+    model_forget: NDArray[np.float64],
+    model_held_out: NDArray[np.float64],
+    *,
+    variance: Variance = "global",
+    min_std: float = MIN_STD,
+) -> float:
+    """Offline U-LiRA: ROC AUC of the model's standardised scores, forget vs held-out.
+
+    Parameters
+    ----------
+    reference_forget, reference_held_out : NDArray, shapes (K, n_f) and (K, n_h)
+        Scores (:func:`logit_confidence`) of K >= 2 retrained references on the
+        forget and on the held-out examples.
+    model_forget, model_held_out : NDArray, shapes (n_f,) and (n_h,)
+        The scores of the model under test on the same examples.
+    variance : str (default: ``"global"``)
+        ``"global"``: one standard deviation pooled over the examples;
+        ``"per-example"``: one per example.
+    min_std : float (default: 1e-3)
+        Floor on a fitted standard deviation.
+
+    """
+    from sklearn.metrics import roc_auc_score
+
+    references = np.concatenate(
+        [np.asarray(reference_forget, np.float64), np.asarray(reference_held_out, np.float64)],
+        axis=1,
+    )
+    if references.ndim != 2 or references.shape[0] < 2:
+        raise ValueError(
+            f"offline U-LiRA needs references >= 2 (retrained models on the same data); got "
+            f"scores of shape {references.shape}"
+        )
+    model = np.concatenate([np.ravel(model_forget), np.ravel(model_held_out)])
+    if model.shape[0] != references.shape[1]:
+        raise ValueError(
+            f"the model's scores cover {model.shape[0]} examples, the references' "
+            f"{references.shape[1]}: score the same forget and held-out examples"
+        )
+    n_forget = np.asarray(reference_forget).shape[1]
+    if n_forget == 0 or n_forget == len(model):
+        raise ValueError("offline U-LiRA needs forget and held-out examples, at least one each")
+    standardised = (model - references.mean(axis=0)) / _std(references, variance, min_std)
+    is_forget = np.arange(len(model)) < n_forget
+    return float(roc_auc_score(is_forget, standardised))
+
+
 def _decisions(log_ratio: NDArray[np.float64]) -> NDArray[np.float64]:
     """1 where the test says "unlearned", 0 where "out", 0.5 on a tie."""
     return np.where(log_ratio > 0, 1.0, np.where(log_ratio < 0, 0.0, 0.5))
@@ -225,4 +288,32 @@ def ulira_acc(context: MetricContext, splits: Splits) -> float:
         scores(context.retrained),
         scores([context.unlearned]),
         variance=context.options.ulira_variance,
+    )
+
+
+ULIRA_AUC = MetricInfo(
+    "ulira_auc",
+    "offline U-LiRA: ROC AUC of the model's confidence standardised by per-example Gaussians "
+    "of K retrained references, forget examples against held-out test examples",
+    "attack AUC",
+    "0.5 (the retrained models' value: the forget set looks held-out)",
+    "retrain",
+    ideal_value=0.5,
+    tasks=("classification",),
+    requires=("references",),
+)
+
+
+def ulira_auc(context: MetricContext, splits: Splits) -> float:
+    """Offline U-LiRA of the unlearned model against the context's retrained references."""
+
+    def scores(model: nn.Module, part: Part) -> NDArray[np.float64]:
+        out = context.class_outputs(model, splits, part)
+        return logit_confidence(out.logits, out.labels)
+
+    return ulira_offline_auc(
+        np.stack([scores(r, "forget") for r in context.retrained]),
+        np.stack([scores(r, "test") for r in context.retrained]),
+        scores(context.unlearned, "forget"),
+        scores(context.unlearned, "test"),
     )

@@ -9,7 +9,8 @@ and metrics as the federated methods, as rows of ``"kind": "centralised"``.
 A method is one subclass per file and one line in
 :data:`fedforget.methods.centralised.CENTRALISED_METHODS`. It declares its
 settings (the run-config table ``centralised.<name>``), the scenarios it
-serves (``client``, ``random``, ``class``; others are refused with the reason)
+serves (``client``, ``random``, ``class``, ``backdoor``; others are refused with the
+reason)
 and implements :meth:`CentralisedMethod.unlearn`, which reports its cost as
 epochs over forget and retain data.
 """
@@ -27,7 +28,7 @@ from torch import nn
 from fedforget.data.augment import Augmentation
 from fedforget.methods.base import ConfigValue, method_settings
 
-ALL_SCENARIOS = frozenset({"client", "random", "class"})
+ALL_SCENARIOS = frozenset({"client", "random", "class", "backdoor"})
 TABLE_PREFIX = "centralised."
 
 
@@ -45,7 +46,7 @@ class UnlearningData:
     num_classes : int
         Output classes of the model.
     scenario : str
-        ``"client"``, ``"random"`` or ``"class"``.
+        ``"client"``, ``"random"``, ``"class"`` or ``"backdoor"``.
     forget_class : int | None
         The class to forget (``class`` scenario only).
     new_model : Callable[[], nn.Module]
