@@ -70,7 +70,7 @@ from fedforget.metrics import (
     UnlearningMetrics,
     evaluate_forget_set,
 )
-from fedforget.requests import InMemoryRequestQueue
+from fedforget.requests import InMemoryRequestQueue, RequestNotApplied
 from fedforget.results import REFERENCE, write_results
 from fedforget.scenarios import ForgetSet, forget_set
 from fedforget.task import model_arrays, model_with, new_model
@@ -671,7 +671,7 @@ def run_main_job(
     )
     record = simulate(run, num_cpus, num_gpus=num_gpus)
     if not record.events:
-        raise RuntimeError(
+        raise RequestNotApplied(
             f"the unlearning request was not applied: {_refusal(record)} (see "
             f"{Path(run.out_dir) / 'requests.json'})"
         )
