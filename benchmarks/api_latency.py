@@ -15,7 +15,6 @@ client-observed seconds until ``GET`` showed it applied (0.1 s polling).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from api_support import wait_for_api, wait_for_round_start  # noqa: E402
+from record import report  # noqa: E402
 
 from fedforget.cli import parse_run_config  # noqa: E402
 from fedforget.config import FederationConfig  # noqa: E402
@@ -103,9 +103,7 @@ def main() -> int:
         f"median: {summary['median_rounds']} round(s), {summary['median_seconds']:.2f} s "
         f"(run {total:.0f} s)"
     )
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "api_latency.json").write_text(json.dumps(summary, indent=2))
+    report("api_latency", summary, args.out)
     return 0
 
 

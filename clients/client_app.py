@@ -14,10 +14,11 @@ import functools
 import time
 from typing import TYPE_CHECKING
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedforget import timing
+from fedforget.client_identity import identity, identity_reply, partition_id
 from fedforget.config import FederationConfig
 from fedforget.methods import method_class, method_names
 from fedforget.protocol import (
@@ -28,7 +29,6 @@ from fedforget.protocol import (
     EXAMPLES_KEY,
     IDENTITY_RECORD,
     METRICS_KEY,
-    NUM_PARTITIONS_KEY,
     PARTITION_ID_KEY,
     ROUND_KEY,
     STEP_ARRAYS_PREFIX,
@@ -41,29 +41,6 @@ if TYPE_CHECKING:
 # a ClientApp process serves one message, and an identity query needs none of them.
 
 app = ClientApp()
-
-
-def partition_id(context: Context) -> int:
-    """The node's partition id, from its node config."""
-    try:
-        return int(context.node_config[PARTITION_ID_KEY])
-    except KeyError:
-        raise ValueError(
-            'this SuperNode has no partition-id: start it with --node-config "partition-id=<i> '
-            'num-partitions=<n>"'
-        ) from None
-
-
-def identity(context: Context) -> ConfigRecord:
-    """The record by which the server recognises this client.
-
-    It carries the node's ``num-partitions`` too, when its node config has one,
-    so that the server can refuse a run whose partition count differs.
-    """
-    record = ConfigRecord({PARTITION_ID_KEY: partition_id(context)})
-    if NUM_PARTITIONS_KEY in context.node_config:
-        record[NUM_PARTITIONS_KEY] = int(context.node_config[NUM_PARTITIONS_KEY])
-    return record
 
 
 def task_config(message: Message) -> FederationConfig:
@@ -103,7 +80,7 @@ def model_reply(
 def query(message: Message, context: Context) -> Message:
     """Answer the server's identity query."""
     with timing.phases("query", **about(message, context)):
-        return Message(RecordDict({IDENTITY_RECORD: identity(context)}), reply_to=message)
+        return identity_reply(message, context)
 
 
 @app.train()

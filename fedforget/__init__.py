@@ -4,6 +4,10 @@ The PUF arithmetic is importable without Flower::
 
     from fedforget import Contribution, puf_update
 
+A Flower app of your own forgets clients with :class:`UnlearningFedAvg` in
+place of Flower's ``FedAvg`` (and, optionally, ``answer_identity_queries(app)``
+in its ClientApp, so that clients are forgotten by partition id).
+
 Names are loaded on first use (PEP 562): ``import fedforget.config`` in a
 ClientApp process imports the config module alone, not the stores, queues and
 methods exported here.
@@ -23,14 +27,18 @@ _EXPORTS = {
     "PseudoGradientStore": "fedforget.state.store",
     "RequestQueue": "fedforget.requests",
     "StoredPseudoGradient": "fedforget.state.store",
+    "UnlearningFedAvg": "fedforget.federated.fedavg",
     "UnlearningRequest": "fedforget.requests",
+    "answer_identity_queries": "fedforget.client_identity",
     "puf_update": "fedforget.methods.puf",
     "update_norm": "fedforget.arrays",
 }
 
 if TYPE_CHECKING:
     from fedforget.arrays import update_norm
+    from fedforget.client_identity import answer_identity_queries
     from fedforget.config import ConfigError, FederationConfig
+    from fedforget.federated.fedavg import UnlearningFedAvg
     from fedforget.methods.puf import Contribution, puf_update
     from fedforget.requests import InMemoryRequestQueue, RequestQueue, UnlearningRequest
     from fedforget.state.store import (
@@ -64,7 +72,9 @@ __all__ = [
     "PseudoGradientStore",
     "RequestQueue",
     "StoredPseudoGradient",
+    "UnlearningFedAvg",
     "UnlearningRequest",
+    "answer_identity_queries",
     "puf_update",
     "update_norm",
 ]

@@ -19,6 +19,7 @@ from typing import Any
 from fedforget.api.cli import add_unlearn_parser, command_unlearn
 from fedforget.config import FORGET_SCENARIOS, ConfigError, FederationConfig
 from fedforget.deploy_cli import add_deploy_parser, command_deploy
+from fedforget.requests import RequestNotApplied
 
 DEFAULT_OUT = "runs/latest"
 
@@ -286,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"fedforget: error: {error}", file=sys.stderr)
         return 2
+    except RequestNotApplied as error:  # the run went through; its request was refused
+        print(f"fedforget: error: {error}", file=sys.stderr)
+        return 1
     return 1
 
 

@@ -84,7 +84,7 @@ from fedforget.metrics import (
 )
 from fedforget.provenance import provenance
 from fedforget.registry import DATASET_REGISTRY, MODEL_REGISTRY
-from fedforget.requests import InMemoryRequestQueue
+from fedforget.requests import InMemoryRequestQueue, RequestNotApplied
 from fedforget.results import REFERENCE, write_results
 from fedforget.scenarios import ForgetSet, check_forget_set, forget_set
 from fedforget.state.checkpoint import checkpoint_path
@@ -895,7 +895,7 @@ def run_main_job(
     )
     record = simulate(run, num_cpus, num_gpus=num_gpus)
     if not record.events:
-        raise RuntimeError(
+        raise RequestNotApplied(
             f"the unlearning request was not applied: {_refusal(record)} (see "
             f"{Path(run.out_dir) / 'requests.json'})"
         )

@@ -483,3 +483,98 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
 def _positive(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+KEY_HELP: dict[str, str] = {
+    "dataset": "The data; `digits` is embedded, the others are read from `data-dir`.",
+    "data-dir": (
+        "Folder of the dataset's files; empty: the dataset's default place "
+        "(`fashion-mnist`: `/usr/share/datasets/fashion-mnist`; stand-ins: written to "
+        "`$FEDFORGET_CACHE`)."
+    ),
+    "num-partitions": "Clients: the training data is split into this many partitions.",
+    "partitioner": (
+        "How the training data is split: flwr-datasets' Dirichlet or iid partitioner, a "
+        "split file (`partition-file`), or one client per site (`natural`, ProstateMRI)."
+    ),
+    "alpha": "Dirichlet concentration of the label skew (`partitioner=dirichlet`).",
+    "min-partition-size": "Smallest partition the Dirichlet partitioner accepts.",
+    "test-fraction": "Share of the data held out as the server's test set (in (0, 1)).",
+    "seed": (
+        "Seeds the test split, the partition, the initial model, client training and client "
+        "sampling."
+    ),
+    "model": "The model the clients train.",
+    "local-epochs": "Local epochs of each client in a round.",
+    "batch-size": "Client mini-batch size.",
+    "lr": "Client learning rate in round 1.",
+    "lr-decay": "The learning rate in round t is `lr * lr-decay^(t-1)`.",
+    "num-server-rounds": (
+        "All rounds of the run (training, unlearning, recovery); the cap when a recovery "
+        "target ends the run earlier."
+    ),
+    "fraction-train": "Share of the eligible clients that train in a round (> 0).",
+    "fraction-evaluate": "Share of the clients that evaluate the global model (0: none).",
+    "min-available-clients": "Nodes to wait for before a round starts.",
+    "round-timeout": "Seconds a round waits for replies.",
+    "exclude-clients": (
+        "Clients that never take part, comma-separated (how the retrained reference is trained)."
+    ),
+    "method": "The unlearning method of requests that name none ([Methods](methods.md)).",
+    "methods": (
+        "Further methods, comma-separated, whose history the run keeps from round 1, so "
+        "that requests may name them too."
+    ),
+    "unlearn-at-round": (
+        "The configured request arrives after this round and takes effect in the next "
+        "(0: no configured request)."
+    ),
+    "unlearn-clients": "Clients the configured request forgets, comma-separated.",
+    "recovery-target-acc": (
+        "End the run once test accuracy reaches this after a step (0: off; `fedforget run` "
+        "sets the retrained model's)."
+    ),
+    "forget-scenario": (
+        "What is forgotten: the clients' data, a random `forget-fraction` of every "
+        "client's examples, or the class `forget-class`."
+    ),
+    "forget-class": "The class forgotten in the `class` scenario.",
+    "forget-fraction": "Share of the training examples forgotten in the `random` scenario.",
+    "drop-forget-set": (
+        "Train without the scenario's forget set (the retrained reference of the `random` "
+        "and `class` scenarios)."
+    ),
+    "out-dir": (
+        "Where a run writes `history.json`, `events.json`, `requests.json` and its models "
+        "(empty: nowhere)."
+    ),
+    "progress": "Print one line per round.",
+    "api-enabled": (
+        "Serve the unlearning API while rounds run ([The unlearning API](api.md)); needs "
+        "`state-dir`."
+    ),
+    "api-host": "Address the API listens on; any non-loopback address needs a token.",
+    "api-port": "Port of the API (0: a free one, written to `state-dir/api.json`).",
+    "api-token-file": "File holding the API's bearer token (mode 0600).",
+    "api-token-env": "Environment variable holding the API's token, read if no token file is set.",
+    "state-dir": (
+        "What survives a crash: the request queue, the checkpoint, the disk store, the API's "
+        "address and token. Give it as an absolute path."
+    ),
+    "store": "Where PUF keeps each client's latest pseudo-gradient (`disk` needs `state-dir`).",
+    "store-dtype": "Dtype of the stored pseudo-gradients (`float16` halves the bytes).",
+    "optimizer": "The clients' optimiser.",
+    "weight-decay": "The optimiser's weight decay.",
+    "augment": "Augment the clients' training images (the CIFAR recipe).",
+    "image-size": "Resize images to this size (0: the dataset's own).",
+    "pretrained-weights": (
+        "A local state-dict file loaded into the initial model where names and shapes fit."
+    ),
+    "partition-file": (
+        "A packaged split (e.g. `cifar10_dirichlet0.3_clients10`) or a JSON file "
+        '`{"<client id>": [train index, ...]}` (`partitioner=file`).'
+    ),
+    "download": "Download CIFAR into `data-dir` when it is missing (needs a network).",
+    "device": "Where clients train (`auto`: the GPU when one is visible).",
+}
+"""What each run-config key means (the docs' key table is made from this and the defaults)."""

@@ -27,6 +27,10 @@ OptionValue = int | float | str | bool
 RequestStatus = Literal["queued", "applied", "rejected"]
 
 
+class RequestNotApplied(RuntimeError):
+    """A run's configured request ended without being applied; the message gives the reason."""
+
+
 @dataclass(frozen=True)
 class UnlearningRequest:
     """A request to forget ``client_ids`` together.

@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 DEFAULT_GPU_SHARE = 0.25  # four virtual clients train on one GPU at a time
 RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable: ray.init and the ray CLI read it too
+RAY_ACCEL_OVERRIDE_ENV = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"  # Ray's switch, read by ray.init
 PRIVATE_RAY = "local"  # Ray's address for "start a new instance on this machine"
 REACHABLE_TIMEOUT_S = 5.0
 START_CLUSTER_HINT = (
@@ -110,6 +111,21 @@ def cluster_backend_config(
         "client_resources": {"num_cpus": 1, "num_gpus": share},
         "init_args": {"address": cluster.address},
     }
+
+
+def quiet_ray_accelerator_warning(client_gpu_share: float, gpus: float) -> None:
+    """Adopt Ray's coming accelerator behaviour where it changes nothing, which ends its warning.
+
+    Ray 2.55 prints a FutureWarning at every start: later versions will no
+    longer hide the GPUs from workers that ask for none, and setting
+    ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0`` adopts that now (and silences it,
+    as the warning says). Nothing changes where no GPU exists, or where the
+    clients hold a GPU share (Ray then sets their visible devices either way),
+    so the variable is set there (unless the user set it). With GPUs and
+    CPU-only clients the GPUs stay hidden from the clients, and Ray keeps warning.
+    """
+    if gpus == 0 or client_gpu_share > 0:
+        os.environ.setdefault(RAY_ACCEL_OVERRIDE_ENV, "0")
 
 
 def ray_cluster_address(address: str | None = None) -> str | None:
@@ -278,12 +294,17 @@ def simulate_app(
 
     address = ray_cluster_address(ray_address)
     if address is None:
+        private = backend_config(num_cpus, num_gpus)
+        quiet_ray_accelerator_warning(
+            float(private["client_resources"]["num_gpus"]),
+            float(private["init_args"].get("num_gpus", 0)),
+        )
         run_simulation(
             server_app=server,
             client_app=client_app,
             num_supernodes=num_supernodes,
             backend_name="ray",
-            backend_config=backend_config(num_cpus, num_gpus),  # type: ignore[arg-type]
+            backend_config=private,  # type: ignore[arg-type]
         )
     else:
         import ray

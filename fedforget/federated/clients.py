@@ -61,6 +61,10 @@ class ClientDirectory:
     def learn(self, message: Message) -> str:
         """The client id of a reply's sender; learns the node -> client mapping.
 
+        A reply without an identity record keeps the id the node reported
+        before (a ClientApp may answer the identity query only, not carry its
+        id in every reply); a node that never reported one is ``node-<node_id>``.
+
         Raises
         ------
         ConfigError
@@ -68,7 +72,7 @@ class ClientDirectory:
 
         """
         node = message.metadata.src_node_id
-        client_id = client_id_of_node(node)
+        client_id = self.node_clients.get(node, client_id_of_node(node))
         if not message.has_error():
             identity = message.content.config_records.get(IDENTITY_RECORD)
             if identity is not None and PARTITION_ID_KEY in identity:

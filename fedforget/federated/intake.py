@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 
 from fedforget.federated.clients import ClientDirectory
-from fedforget.methods import method_names
+from fedforget.methods import method_class, method_names
 from fedforget.methods.base import ConfigValue, FederatedMethod, UnlearningStep, request_settings
 from fedforget.protocol import natural_order
 from fedforget.requests import RequestQueue, UnlearningRequest
@@ -96,6 +96,13 @@ class Intake:
     ) -> tuple[dict[str, ConfigValue], str]:
         """The request's settings (run settings, then its options), or the reason they fail."""
         if name not in self.methods:
+            if name in method_names():  # registered, but this strategy was built without it
+                client_step = method_class(name).needs.client_step
+                return {}, (
+                    f"{name} is not served by this strategy, which serves "
+                    f"{', '.join(self.methods)}"
+                    + (f": {name} needs a client step ({client_step})" if client_step else "")
+                )
             return {}, (
                 f"unknown unlearning method {name!r}: registered methods are "
                 f"{', '.join(method_names())}"

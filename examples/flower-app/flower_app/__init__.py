@@ -1,0 +1,1 @@
+"""flower_app: Flower's PyTorch quickstart on the digits, with unlearning."""
