@@ -111,6 +111,17 @@ def update_norm(
     return norm(difference(after, before))
 
 
+def changes_any(
+    before: Mapping[str, NDArray[np.generic]], after: Mapping[str, NDArray[np.generic]]
+) -> bool:
+    """True if a float array of ``after`` differs from ``before`` in a single value."""
+    return any(
+        not np.array_equal(after[name], value)
+        for name, value in before.items()
+        if is_float_array(value)
+    )
+
+
 def all_finite(arrays: Mapping[str, NDArray[np.generic]]) -> bool:
     """True if no float array holds NaN or Inf."""
     return all(np.all(np.isfinite(v)) for v in arrays.values() if is_float_array(v))

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedforget.api.auth import ApiStartError
 from fedforget.api.cli import add_unlearn_parser, command_unlearn
+from fedforget.api.state_dir import InsecureFileError
 from fedforget.config import FORGET_SCENARIOS, ConfigError, FederationConfig
 from fedforget.deploy_cli import add_deploy_parser, command_deploy
 from fedforget.requests import RequestNotApplied
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             return command_unlearn(args)
         if args.command == "deploy":
             return command_deploy(args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, ApiStartError, InsecureFileError) as error:
         print(f"fedforget: error: {error}", file=sys.stderr)
         return 2
     except RequestNotApplied as error:  # the run went through; its request was refused

@@ -340,6 +340,7 @@ class FederationConfig:
                         f"{key} names unknown unlearning method {name!r}; registered methods "
                         f"are {', '.join(method_names())}"
                     )
+        from fedforget.methods.base import settings_problem
         from fedforget.methods.centralised import centralised_class, centralised_names
 
         classes = [
@@ -347,7 +348,7 @@ class FederationConfig:
             *(centralised_class(name) for name in centralised_names()),
         ]
         for cls in classes:
-            problem = cls.check_settings(self.settings_of(cls.table)) if cls.defaults else ""
+            problem = settings_problem(cls, self.settings_of(cls.table)) if cls.defaults else ""
             if problem:
                 raise ConfigError(problem)
 

@@ -1,20 +1,25 @@
 """Run fedforget's Flower apps on Flower's Ray simulation backend.
 
 By default each simulation starts a private Ray instance on this machine and
-stops it at the end. Given a cluster address (``--ray-address`` or Ray's own
-``RAY_ADDRESS`` variable), it attaches to an existing Ray cluster instead
-(``ray start --head`` on one machine, ``ray start --address=HEAD:PORT`` on the
-others): the virtual clients then run as Ray actors on every node, one actor
-per CPU of the cluster.
+stops it at the end. It listens on 127.0.0.1 only (:func:`ray_on_loopback`):
+Ray has no authentication by default, so anyone who reached its ports could
+run code as the federation's user. Given a cluster address (``--ray-address``
+or Ray's own ``RAY_ADDRESS`` variable), it attaches to an existing Ray
+cluster instead (``ray start --head`` on one machine, ``ray start
+--address=HEAD:PORT`` on the others): the virtual clients then run as Ray
+actors on every node, one actor per CPU of the cluster. Such a cluster
+listens on the network by design; securing it is its operator's task (see
+the README's security section).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,6 +36,9 @@ DEFAULT_GPU_SHARE = 0.25  # four virtual clients train on one GPU at a time
 RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable: ray.init and the ray CLI read it too
 RAY_ACCEL_OVERRIDE_ENV = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"  # Ray's switch, read by ray.init
 PRIVATE_RAY = "local"  # Ray's address for "start a new instance on this machine"
+LOOPBACK = "127.0.0.1"
+RAY_CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for multi-node clusters; off, every Ray process binds to 127.0.0.1."""
 REACHABLE_TIMEOUT_S = 5.0
 START_CLUSTER_HINT = (
     "start a cluster with `ray start --head --port=6379` on the head machine and "
@@ -77,10 +85,48 @@ def backend_config(
     share = (DEFAULT_GPU_SHARE if gpus else 0.0) if num_gpus is None else float(num_gpus)
     if share and not gpus:
         raise ConfigError(f"num-gpus={share} asks for a GPU, but none is visible: use 0")
-    init_args: dict[str, int | float | str] = {"address": PRIVATE_RAY, "num_cpus": total}
+    init_args: dict[str, int | float | str] = {
+        "address": PRIVATE_RAY,
+        "num_cpus": total,
+        "include_dashboard": False,
+        "_node_ip_address": LOOPBACK,  # with ray_on_loopback: GCS, raylet, workers on loopback
+    }
     if gpus:
         init_args["num_gpus"] = gpus
     return {"client_resources": {"num_cpus": 1, "num_gpus": share}, "init_args": init_args}
+
+
+@contextlib.contextmanager
+def ray_on_loopback() -> Iterator[None]:
+    """Make the private Ray instance started in the block listen on 127.0.0.1 only.
+
+    Ray binds its GCS, raylet, object manager, agents and workers to the
+    node's address, and takes the machine's network address as the node's
+    whenever multi-node clusters are enabled (Linux's default), even when
+    ``ray.init`` is given 127.0.0.1. With clusters disabled
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, what Ray does on macOS and
+    Windows) the node's address is 127.0.0.1 and every one of them binds
+    there. The variable is read by the processes Ray starts (they inherit
+    it) and, at import, by Ray in this process: the imported value is set
+    too. Both are restored at the end, so that attaching to a cluster later
+    in this process works.
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(RAY_CLUSTERS_ENV)
+    saved_flag = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[RAY_CLUSTERS_ENV] = "0"
+    if saved_flag is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(RAY_CLUSTERS_ENV, None)
+        else:
+            os.environ[RAY_CLUSTERS_ENV] = saved_env
+        if saved_flag is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved_flag
 
 
 def cluster_backend_config(
@@ -299,13 +345,14 @@ def simulate_app(
             float(private["client_resources"]["num_gpus"]),
             float(private["init_args"].get("num_gpus", 0)),
         )
-        run_simulation(
-            server_app=server,
-            client_app=client_app,
-            num_supernodes=num_supernodes,
-            backend_name="ray",
-            backend_config=private,  # type: ignore[arg-type]
-        )
+        with ray_on_loopback():
+            run_simulation(
+                server_app=server,
+                client_app=client_app,
+                num_supernodes=num_supernodes,
+                backend_name="ray",
+                backend_config=private,  # type: ignore[arg-type]
+            )
     else:
         import ray
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -10,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,20 +25,40 @@ from fedforget.api.constants import (
     MAX_CONNECTIONS,
     REQUEST_BODY_TIMEOUT_S,
     REQUEST_HEAD_TIMEOUT_S,
+    WRITE_TIMEOUT_S,
 )
 from fedforget.api.server import live_api
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
-from fedforget.config import FederationConfig
+from fedforget.api.state_dir import InsecureFileError
+from fedforget.config import ConfigError, FederationConfig
 from fedforget.federated.federation import (
     EVENTS_FILE,
     HISTORY_FILE,
     REQUESTS_FILE,
     RunRecord,
     build_strategy,
+    read_arrays,
     write_record,
 )
-from fedforget.federated.records import UnlearningEvent
+from fedforget.federated.records import RoundRecord, UnlearningEvent
+from fedforget.federated.strategy import _ActiveStep
+from fedforget.methods import method_class, method_names
+from fedforget.methods.base import (
+    ClientUpdate,
+    ConfigValue,
+    FederatedMethod,
+    RoundPlan,
+    StepResult,
+    UnlearningStep,
+    limit_problem,
+    request_settings,
+    unbounded_settings,
+)
+from fedforget.methods.centralised import centralised_class, centralised_names
+from fedforget.methods.puf import PufRegular, PufSpecial
 from fedforget.requests import UnlearningRequest, forgotten_clients
+from fedforget.simulation import simulate
+from fedforget.state.store import StoredPseudoGradient
 
 ROOT = Path(__file__).resolve().parents[1]
 IDLE = FederationConfig(num_partitions=3, unlearn_at_round=0, api_enabled=True, progress=False)
@@ -121,6 +144,150 @@ def test_idle_connections_cannot_lock_out_the_token_holder(served):
     assert queue.all() == []  # the half-sent POST queued nothing
 
 
+SLOW_READERS = 70
+PIPELINED = 200
+SLOW_READ_S = 2 * WRITE_TIMEOUT_S
+SMALL_RECEIVE_BUFFER = 2048
+
+
+def slow_reader(address: tuple[str, int]) -> socket.socket | None:
+    """A connection that pipelines GET /view PIPELINED times on a tiny buffer and never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RECEIVE_BUFFER)
+    sock.settimeout(5)
+    try:
+        sock.connect(address)
+        sock.sendall(b"GET /view HTTP/1.1\r\nHost: attacker\r\n\r\n" * PIPELINED)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def test_a_slow_read_flood_cannot_lock_out_the_token_holder(served):
+    """70 connections pipeline 200 GETs of the public page and never read; the holder is served.
+
+    For 2 x WRITE_TIMEOUT_S the flood keeps 70 such connections open (a closed
+    one is opened again); meanwhile every authorised call is answered within
+    5 s. The cap evicts the stalled connections, never the newest; once the
+    flood stops, the server aborts every connection it holds within
+    WRITE_TIMEOUT_S (their responses are never read).
+    """
+    server, token, queue = served
+    address = (server.host, server.port)
+    flood: list[socket.socket] = []
+    stop = threading.Event()
+
+    def keep_flooding() -> None:
+        while not stop.is_set():
+            for sock in [s for s in flood if is_reset(s)]:
+                flood.remove(sock)
+                sock.close()
+            while len(flood) < SLOW_READERS and not stop.is_set():
+                sock = slow_reader(address)
+                if sock is not None:
+                    flood.append(sock)
+            time.sleep(0.05)
+
+    attacker = threading.Thread(target=keep_flooding, daemon=True)
+    attacker.start()
+    latencies: list[float] = []
+    try:
+        time.sleep(1.0)  # the flood fills the server's connections first
+        deadline = time.monotonic() + SLOW_READ_S
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            answer = httpx.get(
+                f"{server.url}/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=5
+            )
+            latencies.append(time.monotonic() - started)
+            assert answer.status_code == 200 and answer.json()["current_round"] == 0
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        attacker.join(timeout=10)
+    assert len(latencies) >= 10 and max(latencies) < 5.0
+    # nobody reads: the server lets go of every connection within the write deadline
+    wait_until(lambda: server.open_connections == 0, timeout=WRITE_TIMEOUT_S + 3)
+    for sock in flood:
+        sock.close()
+    assert queue.all() == []
+
+
+def is_reset(sock: socket.socket) -> bool:
+    """True once the server closed ``sock``, seen without reading what it sent (MSG_PEEK)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_every_numeric_option_of_every_method_declares_an_upper_bound():
+    """Each int or float setting of every registered method has a bound it respects.
+
+    A method (or a new option) without one fails here: add it to the class's
+    ``limits``, beside ``defaults``.
+    """
+    classes = [
+        *(method_class(name) for name in method_names()),
+        *(centralised_class(name) for name in centralised_names()),
+    ]
+    for cls in classes:
+        assert unbounded_settings(cls) == [], f"{cls.name}: add these keys to its limits"
+        assert set(cls.limits) <= set(cls.defaults), f"{cls.name}: limits of unknown settings"
+        assert limit_problem(cls, cls.defaults) == "", f"{cls.name}: a default above its bound"
+
+
+def above(bound: float, default: ConfigValue) -> int | float:
+    """A value just above ``bound`` of the type of ``default`` (finite)."""
+    if isinstance(default, int):
+        return int(bound) + 1
+    return min(bound * 2, sys.float_info.max)
+
+
+@pytest.mark.parametrize("kind", ["federated", "centralised"])
+def test_a_run_config_above_a_bound_is_refused(kind):
+    """Every bounded setting of every method: the run configuration above its bound fails."""
+    if kind == "federated":
+        classes = [method_class(name) for name in method_names()]
+    else:
+        classes = [centralised_class(name) for name in centralised_names()]
+    for cls in classes:
+        for key, bound in cls.limits.items():
+            value = above(bound, cls.defaults[key])
+            with pytest.raises(ConfigError, match=f"{cls.table}.{key} must be at most"):
+                FederationConfig.from_run_config({f"{cls.table}.{key}": value})
+
+
+def test_a_request_above_a_bound_is_refused_with_422(served):
+    """fedau epochs 2**53 froze a federation: every option above its bound is a 422 now."""
+    server, token, queue = served
+    auth = {"Authorization": f"Bearer {token}"}
+    post = f"{server.url}/v1/unlearning-requests"
+    with httpx.Client(headers=auth, timeout=10) as http:
+        answer = http.post(
+            post, json={"client_ids": ["1"], "method": "fedau", "options": {"epochs": 2**53}}
+        )
+        assert answer.status_code == 422
+        assert "fedau.epochs must be at most 100" in answer.json()["detail"]
+        for name in method_names():
+            cls = method_class(name)
+            for key, bound in cls.limits.items():
+                options = {key: above(bound, cls.defaults[key])}
+                body = {"client_ids": ["1"], "method": name, "options": options}
+                answer = http.post(post, json=body)
+                assert answer.status_code == 422, (name, key, answer.text)
+                if key not in cls.run_only:
+                    assert f"{cls.table}.{key} must be at most" in answer.json()["detail"]
+        # at the bound itself: accepted
+        at_bound = {"client_ids": ["1"], "method": "fedau", "options": {"epochs": 100}}
+        assert http.post(post, json=at_bound).status_code == 202
+    assert [r.options for r in queue.all()] == [{"epochs": 100}]
+
+
 @pytest.fixture
 def state(tmp_path, monkeypatch):
     monkeypatch.delenv("FEDFORGET_API_TOKEN", raising=False)
@@ -198,9 +365,328 @@ def test_state_dir_and_its_files_are_private_and_an_open_one_is_flagged(state, c
     assert mode(shared / "requests.sqlite3") == 0o600
 
 
+@pytest.mark.parametrize("open_mode", [0o777, 0o775, 0o757, 0o1777], ids=lambda m: f"{m:o}")
+def test_a_state_dir_others_may_write_is_refused(tmp_path, monkeypatch, open_mode):
+    """World-, group- or sticky-writable: no token, database or endpoint is put in it."""
+    monkeypatch.delenv("FEDFORGET_API_TOKEN", raising=False)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(open_mode)
+    with pytest.raises(InsecureFileError, match=f"mode {open_mode:o}.*chmod 700 {shared}"):
+        SQLiteRequestQueue.in_state_dir(shared)
+    with pytest.raises(ApiStartError, match=f"chmod 700 {shared}"):
+        resolve_token(IDLE.replace(state_dir=str(shared)))
+    assert list(shared.iterdir()) == []
+
+
+def test_a_state_dir_that_is_a_link_or_someone_elses_is_refused(tmp_path, monkeypatch):
+    """A symbolic link (whoever changes it chooses the folder) and another user's folder."""
+    monkeypatch.delenv("FEDFORGET_API_TOKEN", raising=False)
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(InsecureFileError, match="symbolic link"):
+        SQLiteRequestQueue.in_state_dir(link)
+    uid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
+    with pytest.raises(ApiStartError, match="owned by uid"):
+        resolve_token(IDLE.replace(state_dir=str(real)))
+    assert list(real.iterdir()) == []
+
+
+class TokenTrap:
+    """A loopback listener that records what clients send it (an attacker's fake API)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.received = b""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(2)
+                with contextlib.suppress(OSError):
+                    self.received += connection.recv(65536)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def planted(folder: Path, url: str, folder_mode: int = 0o700, file_mode: int = 0o600) -> Path:
+    """A state-dir holding an api.json that names ``url``."""
+    folder.mkdir(mode=0o700)
+    (folder / "api.json").write_text(json.dumps({"url": url}))
+    (folder / "api.json").chmod(file_mode)
+    folder.chmod(folder_mode)
+    return folder
+
+
+def test_unlearn_sends_no_token_to_an_endpoint_someone_else_could_write(
+    tmp_path, monkeypatch, capsys
+):
+    """`fedforget unlearn --state-dir DIR` trusts DIR/api.json only if no one else can write it.
+
+    A 0777 state-dir (another user made it), an api.json others may write, a
+    link in api.json's place and a state-dir that is a link: the client
+    refuses before sending anything. The control (a private folder and file)
+    shows that the trap would have caught the token.
+    """
+    from fedforget.cli import main
+
+    secret = "the-real-token-" + "x" * 30
+    monkeypatch.setenv("FEDFORGET_API_TOKEN", secret)
+    trap = TokenTrap()
+    try:
+        elsewhere = tmp_path / "elsewhere.json"
+        elsewhere.write_text(json.dumps({"url": trap.url}))
+        elsewhere.chmod(0o600)
+        linked_file = planted(tmp_path / "linked-file", trap.url)
+        (linked_file / "api.json").unlink()
+        (linked_file / "api.json").symlink_to(elsewhere)
+        linked_dir = tmp_path / "linked-dir"
+        linked_dir.symlink_to(planted(tmp_path / "target", trap.url))
+        refused = {
+            "world-writable state-dir": planted(tmp_path / "open", trap.url, folder_mode=0o777),
+            "api.json others may write": planted(tmp_path / "file", trap.url, file_mode=0o666),
+            "api.json a link": linked_file,
+            "state-dir a link": linked_dir,
+        }
+        for case, folder in refused.items():
+            assert main(["unlearn", "--state-dir", str(folder), "--status"]) == 1, case
+            assert "refusing to send the API token" in capsys.readouterr().err, case
+        time.sleep(0.5)
+        assert trap.received == b""
+        control = planted(tmp_path / "mine", trap.url)
+        assert main(["unlearn", "--state-dir", str(control), "--status"]) == 1
+        wait_until(lambda: secret.encode() in trap.received, timeout=10)
+    finally:
+        trap.close()
+
+
+def test_a_directory_given_as_the_token_file_gets_a_clear_error(state, tmp_path, capsys):
+    """The server refuses to start and the client stops, each with a one-line reason."""
+    from fedforget.cli import main
+
+    folder = tmp_path / "tokens"
+    folder.mkdir(mode=0o700)
+    with pytest.raises(ApiStartError, match=f"{folder} is a directory"):
+        resolve_token(IDLE.replace(state_dir=str(state), api_token_file=str(folder)))
+    argv = ["unlearn", "--url", "http://127.0.0.1:9", "--token-file", str(folder), "--status"]
+    assert main(argv) == 1
+    assert f"the token file {folder} is a directory" in capsys.readouterr().err
+
+
+class IdleStep(FederatedMethod):
+    """A method whose step returns the model it was given: it changes nothing."""
+
+    name = "idle-step"
+    table = "idle-step"
+
+    def plan(self, step, global_arrays, remaining, index):
+        return RoundPlan(global_arrays)
+
+    def apply(self, step, global_arrays, plan, updates):
+        return StepResult({k: v.copy() for k, v in global_arrays.items()})
+
+
+def one_step(strategy, method, targets, settings, updates=()):
+    """Run one step round of ``method`` on ``strategy`` (no simulation); the request and model."""
+    before = method.context.initial_arrays
+    request = strategy.requests.submit(UnlearningRequest(targets, method=method.name))
+    step = UnlearningStep((request,), method.name, targets, settings, 3)
+    strategy._active = _ActiveStep(step, method, before, 0)
+    strategy._global = before
+    strategy._plan = method.plan(step, before, ["0", "2"], 0)
+    strategy.rounds.append(RoundRecord(3, "unlearn", [], method=method.name))
+    after = strategy._step_round(3, list(updates))
+    return strategy.requests.get(request.request_id), before, after
+
+
+def test_a_step_that_changes_nothing_is_rejected_with_the_reason():
+    """eta-special 1e-320 passed `> 0`: the step changes no value, so nothing is forgotten.
+
+    The same holds for any method whose step leaves the model as it was, and
+    for PUF-Regular, whose round would change the model through the other
+    clients' updates while the targets' negated part vanishes. Natural, which
+    forgets by leaving the targets out, is applied unchanged; eta 2 applies.
+    """
+    config = IDLE.replace(api_enabled=False)
+    strategy = build_strategy(config)
+    special = strategy.methods["puf-special"]
+    before = special.context.initial_arrays
+    delta = {k: np.full_like(v, 0.01) for k, v in before.items() if v.dtype.kind == "f"}
+    special.store.put("1", StoredPseudoGradient(delta, 50, 2))
+    tiny = request_settings(PufSpecial, config.settings_of("puf"), {"eta-special": 1e-320})
+
+    request, model_before, after = one_step(strategy, special, ("1",), tiny)
+    assert request.status == "rejected" and "too small to change the model" in request.reason
+    assert all(np.array_equal(after[k], v) for k, v in model_before.items())
+    assert strategy.directory.forgotten == set() and strategy.events == []
+    assert special.store.latest("1") is not None
+
+    request, _, _ = one_step(strategy, IdleStep(special.context), ("1",), {})
+    assert request.status == "rejected" and "left the model exactly as it was" in request.reason
+
+    regular = strategy.methods["puf-regular"]
+    regular.store.put("1", StoredPseudoGradient(delta, 50, 2))
+    remaining = [
+        ClientUpdate(c, {k: v + 0.01 for k, v in before.items()}, delta, 50) for c in ("0", "2")
+    ]
+    settings = request_settings(PufRegular, config.settings_of("puf"), {"eta-regular": 1e-320})
+    request, _, after = one_step(strategy, regular, ("1",), settings, remaining)
+    assert request.status == "rejected" and "too small to change the model" in request.reason
+    assert strategy.directory.forgotten == set()
+
+    request, _, _ = one_step(strategy, strategy.methods["natural"], ("2",), {})
+    assert request.status == "applied"  # nobody answered: unchanged, and still forgotten
+    normal = request_settings(PufSpecial, config.settings_of("puf"), {})
+    request, _, after = one_step(strategy, special, ("1",), normal)
+    assert request.status == "applied" and request.update_norm > 0
+    assert strategy.directory.forgotten == {"1", "2"}
+
+
+def test_run_records_are_private_files_in_a_private_folder(tmp_path):
+    """history, events, requests and the models: 0600 files in a 0700 out-dir."""
+    record = RunRecord(
+        config=IDLE,
+        final_arrays={"w": np.zeros(2, np.float32)},
+        original_arrays={"w": np.ones(2, np.float32)},
+        history=[{"round": 1, "participants": ["0", "2"]}],
+        rounds=[],
+        events=[],
+        requests=[UnlearningRequest(("1",), request_id="r")],
+        wall_s=1.0,
+    )
+    out = tmp_path / "out" / "run"
+    write_record(out, record)
+    names = [HISTORY_FILE, EVENTS_FILE, REQUESTS_FILE, "final_model.npz", "original_model.npz"]
+    assert {p.name: mode(p) for p in out.iterdir()} == dict.fromkeys(names, 0o600)
+    assert mode(out) == 0o700
+    assert read_arrays(out / "original_model.npz")["w"].tolist() == [1.0, 1.0]
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and every process descended from it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat_line = (entry / "stat").read_text()
+            except OSError:  # the process ended meanwhile
+                continue
+            parent = int(stat_line.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in tree:
+                tree.add(child)
+                todo.append(child)
+    return tree
+
+
+def socket_owners(pids: set[int]) -> dict[int, str]:
+    """Socket inode -> name of the process of ``pids`` holding it (from /proc/PID/fd)."""
+    owners: dict[int, str] = {}
+    for pid in pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                target = os.readlink(descriptor)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owners[int(target[8:-1])] = name
+    return owners
+
+
+def listening_tcp() -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int, int]]:
+    """(address, port, inode) of every listening TCP socket (/proc/net/tcp and tcp6)."""
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            # the kernel prints each 32-bit word of the address in host (little-endian) order
+            raw = b"".join(
+                int(address[i : i + 8], 16).to_bytes(4, "little") for i in range(0, len(address), 8)
+            )
+            ip = ipaddress.ip_address(socket.inet_ntop(family, raw))
+            found.append((ip, int(port, 16), int(fields[9])))
+    return found
+
+
+def is_loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_a_default_simulation_listens_on_loopback_only():
+    """Ray's GCS, raylet, agents and workers of a private simulation bind 127.0.0.1 only.
+
+    While a small federation runs, the listening TCP sockets of this process
+    and its descendants (Ray's daemons and workers) are sampled from
+    /proc/net/tcp{,6}: none may listen on another address. Ray has no
+    authentication, so a port on the network would run anyone's code as us.
+    """
+    me = os.getpid()
+    before = {inode for _, _, inode in listening_tcp()}
+    seen: dict[tuple[str, int], str] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            owners = socket_owners(process_tree(me))
+            for ip, port, inode in listening_tcp():
+                if inode in owners and inode not in before:
+                    seen[(str(ip), port)] = owners[inode]
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    config = FederationConfig(
+        num_partitions=2, num_server_rounds=2, local_epochs=1, unlearn_at_round=0, progress=False
+    )
+    try:
+        record = simulate(config, num_cpus=2)
+    finally:
+        done.set()
+        sampler.join(timeout=10)
+    assert [h["round"] for h in record.history] == [0, 1, 2]
+    owners = set(seen.values())
+    assert {"gcs_server", "raylet"} <= owners, f"Ray's daemons were not seen: {seen}"
+    exposed = {
+        address: owner
+        for address, owner in seen.items()
+        if not is_loopback(ipaddress.ip_address(address[0]))
+    }
+    assert exposed == {}, f"listening beyond loopback: {exposed}"
+
+
 STEP_RECORDER = """
 import os, signal, sys
-from fedforget.config import FederationConfig
+from fedforget.config import ConfigError, FederationConfig
 from fedforget.federated.federation import build_strategy
 from fedforget.federated.strategy import _ActiveStep
 from fedforget.methods.base import StepResult, UnlearningStep

@@ -297,6 +297,23 @@ def test_a_run_killed_after_a_checkpoint_ends_with_the_uninterrupted_final_model
         assert np.array_equal(value, original[name])
 
 
+def test_a_resumed_run_reports_its_whole_wall_time(runs):
+    """Wall time goes on across the restart: never below the elapsed time the history shows.
+
+    A method's row subtracts the elapsed seconds at the round before the
+    step from the run's wall time; counted from the restart only, the
+    resumed run's wall time was below it (a negative time in the table).
+    """
+    for folder in (runs.uninterrupted, runs.resumed):
+        history = json.loads((folder / "out" / "history.json").read_text())
+        wall_s = json.loads((folder / "out" / "wall.json").read_text())["wall_s"]
+        elapsed = [h["elapsed_s"] for h in history]
+        assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+        assert wall_s >= elapsed[-1]
+        before_step = next(h["elapsed_s"] for h in history if h["round"] == STEP_ROUND - 1)
+        assert wall_s - before_step > 0
+
+
 def test_the_step_recorded_only_in_the_checkpoint_is_applied_once_after_resume(runs):
     """Killed between the step's checkpoint and the queue's commit: the resumed run commits it."""
     at_kill = SQLiteRequestQueue.in_state_dir(runs.at_kill)

@@ -32,7 +32,8 @@ nothing: 401 (token), 408 (body not sent within the time limit), 409 (already
 forgotten, or no client would be left to recover with), 413 (body over the
 limit), 422 (malformed or invalid input, unknown client, unknown method or
 option, a setting out of its bounds such as ``eta-special`` above
-``puf.eta-max``, or a setting only the run's configuration may change). What
+``puf.eta-max`` or any setting above the upper bound its method declares in
+``limits``, or a setting only the run's configuration may change). What
 only a round boundary can tell (e.g. whether a stored update exists, or the
 run keeps the history a method needs) is checked there: the request is then
 ``rejected`` with the reason.
@@ -55,6 +56,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fedforget.api.auth import ApiToken
 from fedforget.api.constants import (
     API_PREFIX,
+    AUTHORISED_SCOPE_KEY,
     MAX_BODY_BYTES,
     MAX_CLIENTS_PER_REQUEST,
     MAX_OPTION_CHARS,
@@ -333,6 +335,8 @@ class BearerTokenMiddleware:
                     {"www-authenticate": "Bearer"},
                 )
                 return
+            # the connection cap closes connections without an authorised request last
+            scope[AUTHORISED_SCOPE_KEY] = True
         await self.app(scope, receive, send)
 
 
@@ -548,8 +552,9 @@ def create_app(
         return AuditLog(entries=entries)
 
     @app.get(VIEW_PATH, response_class=HTMLResponse, include_in_schema=False)
-    def live_view() -> HTMLResponse:
-        # constant and data-free: served without the token (see fedforget.api.view)
+    async def live_view() -> HTMLResponse:
+        # constant and data-free: served without the token (see fedforget.api.view); async, so
+        # a flood of requests for it never waits for (or holds) the threads the API's calls use
         return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)

@@ -139,7 +139,10 @@ def state_dir_token(state_dir: Path) -> ApiToken:
     one is read only if it passes :func:`read_token_file`'s checks. An empty
     one (a crash between creating and writing it) is replaced.
     """
-    path = prepare_state_dir(state_dir) / TOKEN_FILE
+    try:
+        path = prepare_state_dir(state_dir) / TOKEN_FILE
+    except InsecureFileError as error:
+        raise ApiStartError(f"refusing to start the unlearning API: {error}") from None
     for _ in range(2):
         try:
             value = read_token_file(path, "the token file")

@@ -19,6 +19,12 @@ from typing import Any
 import httpx
 
 from fedforget.api.constants import ENDPOINT_FILE, TOKEN_ENV, TOKEN_FILE
+from fedforget.api.state_dir import (
+    InsecureFileError,
+    check_own_dir,
+    read_own_file,
+    read_private_file,
+)
 from fedforget.requests import OptionValue
 
 
@@ -74,17 +80,21 @@ class UnlearningClient:
 
         The URL comes from ``<state_dir>/api.json`` unless given; the token,
         unless given, from ``$FEDFORGET_API_TOKEN`` or ``<state_dir>/api-token``.
+        Nothing is read from ``state_dir``, and no token is sent, unless the
+        folder and the file read are this user's and no one else may change
+        them (:func:`fedforget.api.state_dir.check_own_dir`): whoever can
+        write ``api.json`` chooses where the token goes.
+
+        Raises
+        ------
+        ApiError
+            If ``api.json`` is missing or not this user's own file, or
+            ``state_dir`` is not this user's own folder.
+
         """
         state = Path(state_dir)
         if url is None:
-            endpoint = state / ENDPOINT_FILE
-            if not endpoint.is_file():
-                raise ApiError(
-                    0,
-                    f"{endpoint} does not exist: is a federation with api-enabled=true and "
-                    f"state-dir={state} running? Or pass the API's URL",
-                )
-            url = str(json.loads(endpoint.read_text())["url"])
+            url = endpoint_url(state)
         return cls(url, token or read_token(state), timeout)
 
     def close(self) -> None:
@@ -172,10 +182,19 @@ class UnlearningClient:
 
 def read_token_file(path: Path) -> str:
     """Return the stripped token in ``path``, or an :class:`ApiError` saying what is wrong."""
+    if path.is_dir():
+        raise ApiError(0, f"the token file {path} is a directory: give the file that holds it")
     try:
-        value = path.read_bytes().decode("ascii").strip()
+        raw = path.read_bytes()
     except OSError as error:
         raise ApiError(0, f"cannot read the token file {path}: {error.strerror}") from None
+    return token_text(raw, path)
+
+
+def token_text(raw: bytes, path: Path) -> str:
+    """The stripped ASCII token in the bytes of ``path``, or an :class:`ApiError`."""
+    try:
+        value = raw.decode("ascii").strip()
     except UnicodeDecodeError:
         raise ApiError(
             0, f"the token file {path} holds non-ASCII bytes: an API token is printable ASCII"
@@ -185,15 +204,46 @@ def read_token_file(path: Path) -> str:
     return value
 
 
+def endpoint_url(state_dir: Path) -> str:
+    """The URL in ``<state_dir>/api.json``, once the folder and the file are checked as ours."""
+    endpoint = state_dir / ENDPOINT_FILE
+    try:
+        check_own_dir(state_dir, "state-dir")
+        record = json.loads(read_own_file(endpoint, "the API's endpoint file"))
+    except FileNotFoundError:
+        raise ApiError(
+            0,
+            f"{endpoint} does not exist: is a federation with api-enabled=true and "
+            f"state-dir={state_dir} running? Or pass the API's URL",
+        ) from None
+    except InsecureFileError as error:
+        raise ApiError(0, f"refusing to send the API token: {error}") from None
+    except (ValueError, OSError) as error:
+        raise ApiError(0, f"cannot read {endpoint} ({error}): pass the API's URL") from None
+    if not isinstance(record, dict) or not isinstance(record.get("url"), str):
+        raise ApiError(0, f"{endpoint} names no URL: pass the API's URL")
+    return str(record["url"])
+
+
 def read_token(state_dir: Path) -> str:
-    """Return the API token: ``$FEDFORGET_API_TOKEN``, else ``<state_dir>/api-token``."""
+    """Return the API token: ``$FEDFORGET_API_TOKEN``, else ``<state_dir>/api-token``.
+
+    The token file of the state directory is read only under the server's
+    rules: a regular file of this user, in a folder of this user, that no one
+    else may read or change.
+    """
     value = os.environ.get(TOKEN_ENV, "").strip()
     if value:
         return value
     path = state_dir / TOKEN_FILE
-    if path.is_file():
-        return read_token_file(path)
-    raise ApiError(
-        0,
-        f"no API token: set {TOKEN_ENV}, pass --token-file, or run where {path} is readable",
-    )
+    try:
+        check_own_dir(state_dir, "state-dir")
+        raw = read_private_file(path, "the token file")
+    except FileNotFoundError:
+        raise ApiError(
+            0,
+            f"no API token: set {TOKEN_ENV}, pass --token-file, or run where {path} is readable",
+        ) from None
+    except InsecureFileError as error:
+        raise ApiError(0, f"refusing to use the token: {error}") from None
+    return token_text(raw, path)

@@ -14,6 +14,9 @@ MAX_CLIENTS_PER_REQUEST = 256
 MAX_OPTIONS_PER_REQUEST = 32
 MAX_OPTION_CHARS = 256
 """Longest string value of an option."""
+AUTHORISED_SCOPE_KEY = "fedforget.authorised"
+"""Set (True) in a request's ASGI scope once its bearer token matched: the connection cap
+evicts connections without an authorised request under way first."""
 MIN_PUBLIC_TOKEN_CHARS = 32
 """Shortest token accepted on a non-loopback address (tokens are printable ASCII everywhere)."""
 
@@ -25,11 +28,17 @@ REQUEST_BODY_TIMEOUT_S = 5.0
 """The body of a request must arrive within this; otherwise 408 and the connection closes."""
 KEEP_ALIVE_TIMEOUT_S = 5
 """Idle keep-alive connections are closed after this many seconds (``timeout_keep_alive``)."""
+WRITE_TIMEOUT_S = 5.0
+"""A response must be taken by the client: a connection whose writes stay paused (more than
+the transport's high-water mark unsent) or that stays closing with data unsent for this long
+is aborted, so that a client that never reads cannot hold a connection."""
 MAX_CONNECTIONS = 64
-"""Open connections at most: beyond it the oldest idle one (no request under way) is closed,
-so that a flood of idle connections never locks out the token holder."""
+"""Open connections at most: a new one beyond it evicts another (those already closing, then
+stalled writers, then the longest idle, then the oldest request under way), never itself, so
+that a flood of idle, half-sent or never-read connections never locks out the token holder."""
 MAX_HEADER_BYTES = 8 * 1024
 """Request line and headers larger than this are refused (h11's incomplete-event limit)."""
-MAX_REQUESTS_IN_PROGRESS = 2 * MAX_CONNECTIONS
+MAX_REQUESTS_IN_PROGRESS = 4 * MAX_CONNECTIONS
 """uvicorn's ``limit_concurrency``: beyond it a request gets 503. uvicorn counts open
-connections and requests in progress; the connection cap keeps the first below it."""
+connections and requests in progress; the connection cap keeps both near ``MAX_CONNECTIONS``
+(a burst of new connections evicts as many, which leave the count an instant later)."""

@@ -10,11 +10,12 @@ Connections are bounded so that a local user without the token cannot lock
 the token holder out (:class:`GuardedH11Protocol`, limits in
 :mod:`fedforget.api.constants`): a connection must send a complete request
 head within ``REQUEST_HEAD_TIMEOUT_S`` of opening or of its previous
-response, and a body within ``REQUEST_BODY_TIMEOUT_S``; idle keep-alive
-connections close after ``KEEP_ALIVE_TIMEOUT_S``; at most
-``MAX_CONNECTIONS`` are open, and a new one beyond that closes the one that
-has been idle longest (no request under way), so requests sent promptly are
-always served.
+response, and a body within ``REQUEST_BODY_TIMEOUT_S``; it must take its
+responses (a connection that reads nothing for ``WRITE_TIMEOUT_S`` once its
+send buffer is full is aborted); idle keep-alive connections close after
+``KEEP_ALIVE_TIMEOUT_S``; at most ``MAX_CONNECTIONS`` are open, and a new
+one beyond that evicts another (closing, stalled, idle, then the oldest
+request), never itself, so requests sent promptly are always served.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 from fedforget.api.app import FederationView, create_app
 from fedforget.api.auth import ApiToken, resolve_token
 from fedforget.api.constants import (
+    AUTHORISED_SCOPE_KEY,
     ENDPOINT_FILE,
     KEEP_ALIVE_TIMEOUT_S,
     MAX_CONNECTIONS,
     MAX_HEADER_BYTES,
     MAX_REQUESTS_IN_PROGRESS,
     REQUEST_HEAD_TIMEOUT_S,
+    WRITE_TIMEOUT_S,
 )
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
 from fedforget.api.state_dir import prepare_state_dir, write_private_file
@@ -50,35 +53,59 @@ from fedforget.federated.strategy import UnlearningStrategy
 
 START_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 5
+WATCH_INTERVAL_S = 0.5
+"""How often each connection checks its write deadline."""
 
 logger = logging.getLogger(__name__)
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 connection with a deadline for each request head and a cap on connections.
+    """uvicorn's h11 connection with deadlines for reading and writing and a cap on connections.
 
-    uvicorn times out idle keep-alive connections only after a response, and
-    never a connection that has not sent a complete request: an idle or
-    half-sent connection would stay open for good. Here every connection must
-    complete a request head within ``REQUEST_HEAD_TIMEOUT_S`` of opening (or
-    of its previous response), and at most ``MAX_CONNECTIONS`` stay open: a
-    new one beyond it closes the connection idle for longest (itself if all
-    others have a request under way).
+    uvicorn times out idle keep-alive connections only after a response, never
+    a connection that has not sent a complete request, and never a response
+    the client does not read: such connections would stay open for good. Here
+
+    * a connection must complete a request head within
+      ``REQUEST_HEAD_TIMEOUT_S`` of opening (or of its previous response);
+    * a response must be taken: a connection whose writes stay paused (the
+      client reads nothing, e.g. pipelined requests on a tiny receive
+      buffer), or that stays closing with data unsent, for
+      ``WRITE_TIMEOUT_S`` is aborted (:meth:`_watch`, every
+      ``WATCH_INTERVAL_S``);
+    * at most ``MAX_CONNECTIONS`` are open: a new one beyond it evicts
+      another, never itself (:meth:`_enforce_connection_cap`).
     """
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        """Start the head deadline; make room if the connections are at the cap."""
+        """Start the deadlines; make room if the connections are at the cap."""
         super().connection_made(transport)  # type: ignore[arg-type]
-        self.idle_since = time.monotonic()
+        now = time.monotonic()
+        self.idle_since = now
+        self.busy_since = now
+        self.stalled_since: float | None = None
+        self.closing_since: float | None = None
+        self.aborted = False
+        self._cycle_seen: RequestResponseCycle | None = None
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.TimerHandle | None = self.loop.call_later(
+            WATCH_INTERVAL_S, self._watch
+        )
         self._await_request_head()
         self._enforce_connection_cap()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Drop the head deadline with the connection."""
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
+        """Drop the timers with the connection."""
+        for timer in (self._head_deadline, self._watchdog):
+            if timer is not None:
+                timer.cancel()
+        self._watchdog = None
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse as uvicorn does; note when a new request begins."""
+        super().data_received(data)
+        self._note_request()
 
     def on_response_complete(self) -> None:
         """After a response the next request head is due within the deadline too."""
@@ -86,12 +113,52 @@ class GuardedH11Protocol(H11Protocol):
         if not self.transport.is_closing():
             self.idle_since = time.monotonic()
             self._await_request_head()
+        self._note_request()  # a pipelined request may have begun at once
+
+    def pause_writing(self) -> None:
+        """The client is not taking what was sent: the write deadline starts."""
+        super().pause_writing()
+        if self.stalled_since is None:
+            self.stalled_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        """The client took enough of what was sent: no write deadline."""
+        super().resume_writing()
+        self.stalled_since = None
 
     def is_idle(self) -> bool:
         """No request under way: nothing sent yet, a partial head, or a finished response."""
         return not self.transport.is_closing() and (
             self.cycle is None or self.cycle.response_complete
         )
+
+    def abort(self) -> None:
+        """Close the connection at once, dropping what the client has not taken."""
+        self.aborted = True
+        self.transport.abort()
+
+    def eviction_rank(self) -> tuple[int, float]:
+        """Which connection the cap closes first: the lowest rank, then the longest in it.
+
+        Closing (its owner is gone or it was told to go), stalled writer (the
+        client takes nothing), idle (no request under way), a request under
+        way without the token (a 401 or the public page), an authorised
+        request under way: a client without the token can never evict the
+        token holder's request while one of its own connections is open.
+        """
+        if self.transport.is_closing():
+            return 0, self.closing_since or time.monotonic()
+        if self.stalled_since is not None:
+            return 1, self.stalled_since
+        if self.is_idle():
+            return 2, self.idle_since
+        authorised = bool(self.cycle.scope.get(AUTHORISED_SCOPE_KEY))  # type: ignore[attr-defined]
+        return (4 if authorised else 3), self.busy_since
+
+    def _note_request(self) -> None:
+        if self.cycle is not None and self.cycle is not self._cycle_seen:
+            self._cycle_seen = self.cycle
+            self.busy_since = time.monotonic()
 
     def _await_request_head(self) -> None:
         if self._head_deadline is not None:
@@ -105,17 +172,37 @@ class GuardedH11Protocol(H11Protocol):
         if self.cycle is cycle and self.is_idle():
             self.transport.close()
 
+    def _watch(self) -> None:
+        """Abort a connection that has not taken its data for ``WRITE_TIMEOUT_S``."""
+        now = time.monotonic()
+        if self.transport.is_closing() and self.closing_since is None:
+            self.closing_since = now
+        overdue = [
+            since
+            for since in (self.stalled_since, self.closing_since)
+            if since is not None and now - since >= WRITE_TIMEOUT_S
+        ]
+        if overdue and not self.aborted:
+            self.abort()
+        self._watchdog = self.loop.call_later(WATCH_INTERVAL_S, self._watch)
+
     def _enforce_connection_cap(self) -> None:
-        open_connections = [
+        """Beyond ``MAX_CONNECTIONS``, abort the others of the lowest :meth:`eviction_rank`.
+
+        Connections still closing count (their sockets are open until their
+        data is sent): a flood of responses never read cannot pile them up.
+        The new connection itself is never the one closed, so the token
+        holder's request always gets in.
+        """
+        others = [
             c
             for c in self.connections
-            if isinstance(c, GuardedH11Protocol) and not c.transport.is_closing()
+            if isinstance(c, GuardedH11Protocol) and c is not self and not c.aborted
         ]
-        if len(open_connections) <= MAX_CONNECTIONS:
-            return
-        idle = [c for c in open_connections if c is not self and c.is_idle()]
-        victim = min(idle, key=lambda c: c.idle_since) if idle else self
-        victim.transport.close()
+        excess = len(others) + 1 - MAX_CONNECTIONS
+        if excess > 0:
+            for victim in sorted(others, key=GuardedH11Protocol.eviction_rank)[:excess]:
+                victim.abort()
 
 
 class ApiServer:
@@ -168,6 +255,11 @@ class ApiServer:
         """Base URL of the API."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def open_connections(self) -> int:
+        """Connections the server holds now (those closing included, until their socket closes)."""
+        return len(self._server.server_state.connections)
 
     def start(self) -> ApiServer:
         """Start serving; return once the API accepts connections."""

@@ -13,6 +13,11 @@ test set after every round (one progress line each) and returns a typed
   (the global model just before the first unlearning step; written as soon as
   that step completes, so that a resumed run can report it).
 
+They name clients, methods and who took part in every round, what the
+request database in ``state-dir`` guards: each is written mode 0600
+(atomically, :func:`fedforget.state.files.write_durably`), in a folder
+created mode 0700 (an existing one keeps its mode).
+
 With ``state-dir`` set, the run checkpoints every round that ends outside an
 unlearning step (:mod:`fedforget.state.checkpoint`) and a run started again
 with the same state-dir and configuration resumes after the last checkpoint
@@ -40,6 +45,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
+from fedforget.api.state_dir import prepare_state_dir
 from fedforget.arrays import Arrays, to_arrays, to_record
 from fedforget.config import FederationConfig
 from fedforget.federated.clients import ClientDirectory
@@ -90,6 +96,8 @@ class RunRecord:
     events: list[UnlearningEvent]
     requests: list[UnlearningRequest]
     wall_s: float
+    """Seconds the run took, over every process that ran it (a resumed run goes on from the
+    elapsed time its checkpoint recorded)."""
     stored_bytes: dict[str, int] = field(default_factory=dict)
     first_round: int = 1
     """The first round this process ran (the checkpoint's round + 1 when it resumed)."""
@@ -272,10 +280,13 @@ def run_rounds(
     """Run ``strategy`` on ``grid`` from ``first_round``; final model, history, seconds.
 
     ``history`` (a resumed run's, from its checkpoint) is extended in place;
-    its elapsed seconds go on from its last entry.
+    its elapsed seconds go on from its last entry, and so do the seconds
+    returned: the run's wall time over every process that ran it. Each
+    process adds the time it ran, measured on its own clock: a clock reading
+    is never compared with another process's.
     """
     history = history if history is not None else []
-    earlier_s = float(history[-1]["elapsed_s"]) if history else 0.0
+    earlier_s = elapsed_before(history)
     started = time.monotonic() - earlier_s
     if hasattr(grid, "pull_interval"):
         # The simulation's InMemoryGrid polls for replies every 0.1 s by default:
@@ -317,7 +328,12 @@ def run_rounds(
         evaluate_fn=evaluate,
         first_round=first_round,
     )
-    return to_arrays(result.arrays), history, time.monotonic() - started - earlier_s
+    return to_arrays(result.arrays), history, time.monotonic() - started
+
+
+def elapsed_before(history: list[dict[str, Any]]) -> float:
+    """Seconds the run had taken at its last recorded round (0 for a new run)."""
+    return float(history[-1]["elapsed_s"]) if history else 0.0
 
 
 def run_federation(
@@ -329,6 +345,9 @@ def run_federation(
     configuration: :class:`~fedforget.state.checkpoint.CheckpointMismatch`
     otherwise), and checkpoint every round.
     """
+    if config.state_dir:
+        # before anything in it is trusted: refused if another user could change it
+        prepare_state_dir(Path(config.state_dir))
     saved = resume_point(config)
     strategy = build_strategy(config, requests, resume=saved)
     history = list(saved.history) if saved is not None else []
@@ -347,7 +366,7 @@ def run_federation(
     first_round = saved.server_round + 1 if saved is not None else 1
     with live_api(config, strategy):
         if saved is not None and saved.recovered:
-            final, wall_s = saved.arrays, 0.0
+            final, wall_s = saved.arrays, elapsed_before(history)
         else:
             initial = saved.arrays if saved is not None else model_arrays(new_model(config))
             final, history, wall_s = run_rounds(
@@ -376,11 +395,8 @@ def checkpointer(
         nonlocal original_written
         original = strategy.events[0].model_before if strategy.events else {}
         if config.out_dir and original and not original_written:
-            out_dir = Path(config.out_dir)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            buffer = io.BytesIO()
-            np.savez(buffer, **original)
-            write_durably(out_dir / ORIGINAL_MODEL_FILE, buffer.getvalue())
+            out_dir = private_out_dir(Path(config.out_dir))
+            write_durably(out_dir / ORIGINAL_MODEL_FILE, npz_bytes(original))
             original_written = True
         checkpoint = Checkpoint(
             server_round, to_arrays(arrays), strategy.state_dict(), history, recovered
@@ -424,8 +440,9 @@ def write_record(out_dir: Path, record: RunRecord) -> None:
 
     The JSON files are strict JSON: a value that is not finite (e.g. the test
     loss of a diverged model) is written as ``null``, never as a bare ``NaN``.
+    Every file is written mode 0600 (a 0700 folder if this creates it).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_out_dir(out_dir)
     events = [
         {k: v for k, v in asdict(event).items() if k != "model_before"} for event in record.events
     ]
@@ -446,10 +463,23 @@ def write_record(out_dir: Path, record: RunRecord) -> None:
         (REQUESTS_FILE, requests),
     ):
         text = json.dumps(finite_or_null(data), indent=2, allow_nan=False)
-        (out_dir / name).write_text(text)
-    np.savez(out_dir / FINAL_MODEL_FILE, **record.final_arrays)
+        write_durably(out_dir / name, text.encode())
+    write_durably(out_dir / FINAL_MODEL_FILE, npz_bytes(record.final_arrays))
     if record.original_arrays is not None:
-        np.savez(out_dir / ORIGINAL_MODEL_FILE, **record.original_arrays)
+        write_durably(out_dir / ORIGINAL_MODEL_FILE, npz_bytes(record.original_arrays))
+
+
+def private_out_dir(out_dir: Path) -> Path:
+    """Create ``out_dir`` mode 0700 if it does not exist (parents as usual); return it."""
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return out_dir
+
+
+def npz_bytes(arrays: Arrays) -> bytes:
+    """``arrays`` as the bytes of an ``.npz`` file (what :func:`read_arrays` reads)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def read_arrays(path: Path) -> Arrays:

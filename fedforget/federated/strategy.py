@@ -50,7 +50,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from fedforget.arrays import Arrays, all_finite, record_nbytes, to_arrays, to_record, update_norm
+from fedforget.arrays import (
+    Arrays,
+    all_finite,
+    changes_any,
+    record_nbytes,
+    to_arrays,
+    to_record,
+    update_norm,
+)
 from fedforget.federated.clients import ClientDirectory
 from fedforget.federated.intake import Intake
 from fedforget.federated.records import (
@@ -522,6 +530,16 @@ class UnlearningStrategy(FedAvg):
                 raise StepFailed(
                     f"{active.step.method} produced NaN or Inf values; the model was left as it "
                     f"was: resubmit with smaller settings"
+                )
+            if (
+                result.done
+                and active.method.forgets_by_update
+                and not changes_any(active.model_before, result.arrays)
+            ):
+                raise StepFailed(
+                    f"{active.step.method} left the model exactly as it was (update norm 0: "
+                    f"its update is zero or too small to change a single value), so nothing "
+                    f"was forgotten: resubmit with larger settings"
                 )
         except StepFailed as failure:
             return self._abandon(server_round, str(failure), updates)

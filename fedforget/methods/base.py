@@ -165,7 +165,8 @@ class FederatedMethod(ABC):
 
     Class attributes declare the method: ``name`` (its registry name),
     ``table`` (its run-config table: ``<table>.<key>``), ``defaults`` (its
-    settings), ``needs``, ``reference`` (the paper) and ``summary`` (one line).
+    settings), ``limits`` (the upper bound of each numeric setting), ``needs``,
+    ``reference`` (the paper) and ``summary`` (one line).
     """
 
     name: ClassVar[str]
@@ -177,6 +178,12 @@ class FederatedMethod(ABC):
     client_step: ClassVar[ClientStep | None] = None
     run_only: ClassVar[frozenset[str]] = frozenset()
     """Settings only the run's configuration may set (bounds on what requests ask for)."""
+    limits: ClassVar[Mapping[str, float]] = {}
+    """The upper bound of each numeric setting (see :func:`limit_problem`)."""
+    forgets_by_update: ClassVar[bool] = True
+    """Whether the step's change of the model is what forgets: a step that leaves the model
+    as it was is then refused (nothing was forgotten). False for a method that forgets by
+    leaving the targets out (Natural)."""
 
     def __init__(self, context: MethodContext) -> None:
         self.context = context
@@ -340,6 +347,50 @@ class Configurable(Protocol):
     name: ClassVar[str]
     table: ClassVar[str]
     defaults: ClassVar[Mapping[str, ConfigValue]]
+    limits: ClassVar[Mapping[str, float]]
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:
+        """Why ``settings`` are invalid for this method ('' if they are valid)."""
+        ...
+
+
+def is_number(value: object) -> bool:
+    """True for an int or a float setting (a bool is neither)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def unbounded_settings(method: type[Configurable]) -> list[str]:
+    """The numeric settings of ``method`` that declare no upper bound in ``limits``.
+
+    Every built-in method bounds each of its numeric settings (a test holds
+    them to it): an unbounded epoch count or round count lets one request
+    occupy the federation for as long as it likes.
+    """
+    return sorted(k for k, v in method.defaults.items() if is_number(v) and k not in method.limits)
+
+
+def limit_problem(method: type[Configurable], settings: Mapping[str, ConfigValue]) -> str:
+    """The first setting above its bound in ``method.limits``, as a message ('' if none).
+
+    The bounds hold for the run's configuration and for a request's options
+    alike; the lower bounds and the relations between settings are the
+    method's own :meth:`check_settings`.
+    """
+    for key, bound in method.limits.items():
+        value = settings.get(key)
+        if is_number(value) and not float(value) <= bound:  # type: ignore[arg-type]
+            return (
+                f"{method.table}.{key} must be at most {bound:g}, got {value!r}: each setting "
+                f"of {method.name} is bounded so that one request cannot occupy the "
+                "federation; use a smaller value"
+            )
+    return ""
+
+
+def settings_problem(method: type[Configurable], settings: Mapping[str, ConfigValue]) -> str:
+    """Why ``settings`` are invalid for ``method``: above a bound, or its own check ('' if none)."""
+    return limit_problem(method, settings) or method.check_settings(settings)
 
 
 def method_settings(
@@ -376,7 +427,8 @@ def request_settings(
     ------
     ValueError
         On an option the method does not have, of another type, one only the
-        run may set (``run_only``), or settings the method's check refuses.
+        run may set (``run_only``), a setting above its bound (``limits``), or
+        settings the method's check refuses.
 
     """
     fixed = sorted(set(options) & method.run_only)
@@ -386,7 +438,7 @@ def request_settings(
             "configuration sets it (--run-config), a request cannot"
         )
     settings = method_settings(method, {**run, **options})
-    problem = method.check_settings(settings)
+    problem = settings_problem(method, settings)
     if problem:
         raise ValueError(problem)
     return settings

@@ -112,6 +112,7 @@ class FedAU(TargetStepMethod):
 
     name = "fedau"
     table = "fedau"
+    limits: ClassVar[Mapping[str, float]] = {"epochs": 100, "lr": 1e6, "original-weight": 1.0}
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "epochs": 10,
         "lr": 0.1,

@@ -155,6 +155,7 @@ class FedEraser(FederatedMethod):
 
     name = "federaser"
     table = "federaser"
+    limits: ClassVar[Mapping[str, float]] = {"interval": 1000, "calibration-epochs-fraction": 1.0}
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "interval": 1,
         "calibration-epochs-fraction": 0.5,

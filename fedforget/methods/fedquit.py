@@ -84,6 +84,7 @@ class FedQUIT(TargetStepMethod):
 
     name = "fedquit"
     table = "fedquit"
+    limits: ClassVar[Mapping[str, float]] = {"lr": 1e6, "epochs": 100}
     defaults: ClassVar[Mapping[str, ConfigValue]] = {"lr": 1e-4, "epochs": 1}
     needs = Needs(
         target_online=True,

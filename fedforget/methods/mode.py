@@ -124,6 +124,12 @@ class MoDe(FederatedMethod):
 
     name = "mode"
     table = "mode"
+    limits: ClassVar[Mapping[str, float]] = {
+        "degradation-rounds": 100,
+        "momentum": 1.0,
+        "guidance-epochs": 100,
+        "lr": 1e6,
+    }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "degradation-rounds": 2,
         "momentum": 0.95,

@@ -23,6 +23,7 @@ class Natural(FederatedMethod):
     table = "natural"
     reference = "the baseline of the FU literature (e.g. Liu et al., FedEraser, IWQoS 2021)"
     summary = "no step: continue FedAvg without the targets"
+    forgets_by_update = False  # the targets are left out; the model may not change at all
 
     def plan(
         self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int

@@ -232,6 +232,16 @@ class PGA(TargetStepMethod):
 
     name = "pga"
     table = "pga"
+    limits: ClassVar[Mapping[str, float]] = {
+        "lr": 1e6,
+        "momentum": 1.0,
+        "clip-norm": 1e6,
+        "epochs": 100,
+        "radius-fraction": 10.0,
+        "random-inits": 100,
+        "radius": 1e6,
+        "stop-distance-fraction": 10.0,
+    }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "lr": 0.01,
         "momentum": 0.9,

@@ -61,6 +61,10 @@ ETA_MAX = 100.0
 paper's PUF-Regular eta (20). A larger eta can blow the model up (eta = 1e308 makes it
 Inf); the spine never applies a non-finite result, but a finite one far from the model
 is just as useless. Raise it in the run's configuration only."""
+ETA_LIMIT = 1e308
+"""The declared bound of the etas: only finite. A request's eta is bounded by ``puf.eta-max``
+(the run's, default :data:`ETA_MAX`); the cost of a step does not grow with eta, and a
+non-finite result is never applied."""
 
 
 @dataclass(frozen=True)
@@ -118,17 +122,7 @@ def puf_update(
     remaining = dict(remaining or {})
     _check_arguments(global_arrays, targets, remaining, mode, eta)
     statistics = set(statistic_keys)
-
-    if mode == "special":
-        total = sum(c.num_examples for c in targets.values())
-        target_weights = {cid: -eta * c.num_examples / total for cid, c in targets.items()}
-        remaining_weights: dict[str, float] = {}
-    else:
-        total = sum(c.num_examples for c in targets.values()) + sum(
-            c.num_examples for c in remaining.values()
-        )
-        target_weights = {cid: -eta * c.num_examples / total for cid, c in targets.items()}
-        remaining_weights = {cid: c.num_examples / total for cid, c in remaining.items()}
+    target_weights, remaining_weights = _weights(targets, remaining, mode, eta)
     updated: Arrays = {}
     # A huge eta may overflow: the spine refuses a non-finite result, so no warning here
     with np.errstate(over="ignore", invalid="ignore"):
@@ -137,6 +131,53 @@ def puf_update(
                 name, value, statistics, targets, remaining, target_weights, remaining_weights
             )
     return updated
+
+
+def forgetting_changes_model(
+    global_arrays: Mapping[str, NDArray[np.generic]],
+    targets: Mapping[str, Contribution],
+    *,
+    mode: str,
+    eta: float,
+    remaining: Mapping[str, Contribution] | None = None,
+    statistic_keys: Collection[str] = (),
+) -> bool:
+    """Whether the targets' negated part of :func:`puf_update` changes any parameter.
+
+    The part ``-eta * sum (n_u / N) Delta_u`` is added to ``global_arrays``
+    alone and the result compared in each array's dtype: False when it is too
+    small to change a single value (an eta such as 1e-320, updates of zeros),
+    i.e. the step would forget nothing. The arguments are :func:`puf_update`'s.
+    """
+    remaining = dict(remaining or {})
+    _check_arguments(global_arrays, targets, remaining, mode, eta)
+    statistics = set(statistic_keys)
+    target_weights, _ = _weights(targets, remaining, mode, eta)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, value in global_arrays.items():
+            if not is_float_array(value) or name in statistics:
+                continue
+            step = np.zeros(value.shape, dtype=np.float64)
+            for cid, weight in target_weights.items():
+                step += weight * np.asarray(targets[cid].pseudo_gradient[name], np.float64)
+            if np.any((np.asarray(value, np.float64) + step).astype(value.dtype) != value):
+                return True
+    return False
+
+
+def _weights(
+    targets: Mapping[str, Contribution],
+    remaining: Mapping[str, Contribution],
+    mode: str,
+    eta: float,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The weights of the targets' and the remaining clients' pseudo-gradients."""
+    total = sum(c.num_examples for c in targets.values())
+    if mode == "regular":
+        total += sum(c.num_examples for c in remaining.values())
+    target_weights = {cid: -eta * c.num_examples / total for cid, c in targets.items()}
+    remaining_weights = {cid: c.num_examples / total for cid, c in remaining.items()}
+    return target_weights, remaining_weights
 
 
 def _updated_array(
@@ -211,6 +252,11 @@ class _Puf(FederatedMethod):
     """PUF's step; the variant is the class's ``mode``."""
 
     table = "puf"
+    limits: ClassVar[Mapping[str, float]] = {
+        "eta-special": ETA_LIMIT,
+        "eta-regular": ETA_LIMIT,
+        "eta-max": ETA_LIMIT,
+    }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "eta-special": 2.0,
         "eta-regular": 20.0,
@@ -323,17 +369,21 @@ class _Puf(FederatedMethod):
         if self.mode == "regular":
             self.observe(step.first_round, global_arrays, remaining)
         eta = float(step.settings[f"eta-{self.mode}"])
-        new = puf_update(
-            global_arrays,
-            contributions,
-            mode=self.mode,
-            eta=eta,
-            remaining={u.client_id: Contribution(u.delta, u.num_examples) for u in remaining}
+        arguments: dict[str, Any] = {
+            "mode": self.mode,
+            "eta": eta,
+            "remaining": {u.client_id: Contribution(u.delta, u.num_examples) for u in remaining}
             if self.mode == "regular"
             else None,
-            statistic_keys=self.context.statistic_keys,
-        )
-        return StepResult(new)
+            "statistic_keys": self.context.statistic_keys,
+        }
+        if not forgetting_changes_model(global_arrays, contributions, **arguments):
+            raise StepFailed(
+                f"the negated update of client(s) {', '.join(step.targets)} (x eta-{self.mode} "
+                f"= {eta:g}) is too small to change the model: nothing would be forgotten; "
+                f"use a larger eta (the paper uses 2 for special, 20 for regular)"
+            )
+        return StepResult(puf_update(global_arrays, contributions, **arguments))
 
     def forget(self, client_ids: Sequence[str]) -> None:
         """Erase the targets' stored pseudo-gradients."""

@@ -26,6 +26,7 @@ class Retrain(FederatedMethod):
     table = "retrain"
     reference = "the exact-unlearning reference (e.g. Bourtoule et al., SISA, S&P 2021)"
     summary = "reset to the initial model and retrain with the remaining clients"
+    forgets_by_update = False  # the targets never train again; a reset may change nothing yet
 
     def plan(
         self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int

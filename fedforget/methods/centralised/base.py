@@ -87,7 +87,8 @@ class CentralisedMethod(ABC):
     """A centralised unlearning method: one subclass per file, one registry line.
 
     Class attributes: ``name`` (registry name), ``defaults`` (its settings, the
-    run-config table ``centralised.<name>``), ``scenarios`` it serves,
+    run-config table ``centralised.<name>``), ``limits`` (the upper bound of each
+    numeric setting), ``scenarios`` it serves,
     ``tasks`` it applies to, ``reference`` (the paper) and ``summary``.
     """
 
@@ -95,6 +96,8 @@ class CentralisedMethod(ABC):
     table: ClassVar[str]
     """Set from ``name``: ``centralised.<name>``."""
     defaults: ClassVar[Mapping[str, ConfigValue]] = {}
+    limits: ClassVar[Mapping[str, float]] = {}
+    """The upper bound of each numeric setting (:func:`fedforget.methods.base.limit_problem`)."""
     scenarios: ClassVar[frozenset[str]] = ALL_SCENARIOS
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     reference: ClassVar[str] = ""

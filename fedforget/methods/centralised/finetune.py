@@ -48,6 +48,14 @@ FINE_TUNING_DEFAULTS: Mapping[str, ConfigValue] = {
     "weight-decay": 5e-4,
 }
 """SGD with momentum 0.9 and weight decay 5e-4, lr 0.01 (Jia et al.'s FT recipe), 5 epochs."""
+FINE_TUNING_LIMITS: Mapping[str, float] = {
+    "epochs": 1000,
+    "lr": 1e6,
+    "batch-size": 65536,
+    "momentum": 1.0,
+    "weight-decay": 10.0,
+}
+"""Upper bounds of the fine-tuning settings."""
 
 
 def fine_tuning_problem(table: str, settings: Mapping[str, ConfigValue]) -> str:
@@ -66,6 +74,7 @@ class FineTune(CentralisedMethod):
     """SGD on the retain set from the original weights."""
 
     name = "ft"
+    limits: ClassVar[Mapping[str, float]] = FINE_TUNING_LIMITS
     defaults: ClassVar[Mapping[str, ConfigValue]] = {**FINE_TUNING_DEFAULTS, "augment": False}
     tasks = ("classification", "segmentation")
     reference = (

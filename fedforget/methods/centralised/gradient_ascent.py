@@ -65,6 +65,15 @@ class GradientAscent(CentralisedMethod):
     """Ascend the forget loss until forget accuracy falls to the stop level (or max-epochs)."""
 
     name = "ga"
+    limits: ClassVar[Mapping[str, float]] = {
+        "max-epochs": 1000.0,
+        "lr": 1e6,
+        "batch-size": 65536,
+        "momentum": 1.0,
+        "stop-forget-acc": 1.0,
+        "stop-forget-acc-class": 1.0,
+        "check-every": 100000,
+    }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "max-epochs": 5.0,
         "lr": 0.01,

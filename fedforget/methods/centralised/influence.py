@@ -218,6 +218,7 @@ class InfluenceUnlearning(CentralisedMethod):
     """One scaled Newton step that removes the forget set's influence (WoodFisher Hessian)."""
 
     name = "iu"
+    limits: ClassVar[Mapping[str, float]] = {"alpha": 1e6, "damping": 1e6, "samples": 100000}
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "alpha": 1.0,
         "hessian": "woodfisher",

@@ -42,7 +42,11 @@ from fedforget.methods.centralised.common import (
     start,
     task_loss,
 )
-from fedforget.methods.centralised.finetune import FINE_TUNING_DEFAULTS, fine_tuning_problem
+from fedforget.methods.centralised.finetune import (
+    FINE_TUNING_DEFAULTS,
+    FINE_TUNING_LIMITS,
+    fine_tuning_problem,
+)
 
 
 def l1_coefficient(epoch: int, epochs: int, no_l1_epochs: int, coefficient: float) -> float:
@@ -62,6 +66,11 @@ class L1Sparse(CentralisedMethod):
     """Fine-tune on the retain set with ``gamma_t ||w||_1`` added, ``gamma_t`` decaying."""
 
     name = "l1-sparse"
+    limits: ClassVar[Mapping[str, float]] = {
+        **FINE_TUNING_LIMITS,
+        "l1-coefficient": 10.0,
+        "no-l1-epochs": 1000,
+    }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         **FINE_TUNING_DEFAULTS,
         "l1-coefficient": 5e-4,

@@ -47,6 +47,14 @@ class NegGradPlus(CentralisedMethod):
     """Minimise ``alpha * L_retain - (1 - alpha) * L_forget`` over paired mini-batches."""
 
     name = "neggrad-plus"
+    limits: ClassVar[Mapping[str, float]] = {
+        "epochs": 1000,
+        "lr": 1e6,
+        "batch-size": 65536,
+        "momentum": 1.0,
+        "weight-decay": 10.0,
+        "alpha": 1.0,
+    }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "epochs": 2,
         "lr": 0.01,

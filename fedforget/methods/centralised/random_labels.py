@@ -47,7 +47,11 @@ from fedforget.methods.centralised.common import (
     start,
     task_loss,
 )
-from fedforget.methods.centralised.finetune import FINE_TUNING_DEFAULTS, fine_tuning_problem
+from fedforget.methods.centralised.finetune import (
+    FINE_TUNING_DEFAULTS,
+    FINE_TUNING_LIMITS,
+    fine_tuning_problem,
+)
 
 LABEL_SEED_OFFSET = 2
 """Random labels draw from a generator seeded ``data.seed + 2`` (order: +0, augmentation: +1)."""
@@ -106,6 +110,7 @@ class RandomLabels(CentralisedMethod):
     """Fine-tune on the forget set with wrong labels together with the retain set."""
 
     name = "rl"
+    limits: ClassVar[Mapping[str, float]] = FINE_TUNING_LIMITS
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         **FINE_TUNING_DEFAULTS,
         "epochs": 3,

@@ -32,6 +32,12 @@ class Retrain(CentralisedMethod):
     """Train ``data.new_model()`` on the retain set; the original weights are ignored."""
 
     name = "retrain"
+    limits: ClassVar[Mapping[str, float]] = {
+        "epochs": 1000,
+        "lr": 1e6,
+        "batch-size": 65536,
+        "weight-decay": 10.0,
+    }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "epochs": 20,
         "lr": 0.05,

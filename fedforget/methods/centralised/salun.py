@@ -48,7 +48,11 @@ from fedforget.methods.centralised.common import (
     sgd,
     start,
 )
-from fedforget.methods.centralised.finetune import FINE_TUNING_DEFAULTS, fine_tuning_problem
+from fedforget.methods.centralised.finetune import (
+    FINE_TUNING_DEFAULTS,
+    FINE_TUNING_LIMITS,
+    fine_tuning_problem,
+)
 from fedforget.methods.centralised.random_labels import train_on_random_labels
 from fedforget.training import EVAL_BATCH_SIZE, loss_function
 
@@ -96,6 +100,7 @@ class SalUn(CentralisedMethod):
     """RL where only the top ``mask-fraction`` of weights by forget-gradient magnitude move."""
 
     name = "salun"
+    limits: ClassVar[Mapping[str, float]] = {**FINE_TUNING_LIMITS, "mask-fraction": 1.0}
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         **FINE_TUNING_DEFAULTS,
         "epochs": 3,

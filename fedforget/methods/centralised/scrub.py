@@ -71,6 +71,18 @@ class SCRUB(CentralisedMethod):
     """Alternate max-steps (away from the teacher on forget data) and min-steps (retain)."""
 
     name = "scrub"
+    limits: ClassVar[Mapping[str, float]] = {
+        "max-steps": 1000,
+        "min-steps": 1000,
+        "lr": 1e6,
+        "momentum": 1.0,
+        "weight-decay": 10.0,
+        "temperature": 1000.0,
+        "alpha": 1e6,
+        "gamma": 1e6,
+        "batch-size": 65536,
+        "forget-batch-size": 65536,
+    }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "max-steps": 2,
         "min-steps": 4,

@@ -102,6 +102,14 @@ class TiltedReweighting(CentralisedMethod):
     """Fine-tune forget-class inputs toward the original's tilted distribution over the rest."""
 
     name = "trw"
+    limits: ClassVar[Mapping[str, float]] = {
+        "tilt": 1000.0,
+        "epochs": 1000,
+        "lr": 1e6,
+        "momentum": 1.0,
+        "batch-size": 65536,
+        "retain-weight": 1e6,
+    }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
         "tilt": 2.0,
         "epochs": 5,
