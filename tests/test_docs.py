@@ -125,6 +125,13 @@ def test_readme_is_short_and_starts_with_the_two_setup_commands():
     assert "Python 3.11 or 3.12" in README
     main_job = json.loads((ROOT / "benchmarks/results/main_job.json").read_text())
     assert f"takes {main_job['wall_s']:.0f} s on a 2-core CPU" in README
+    docs = {
+        name: " ".join((ROOT / "docs" / f"{name}.md").read_text().split())
+        for name in ("getting-started", "api")
+    }
+    assert f"default data: {main_job['wall_s']:.0f} s on a 2-core" in docs["getting-started"]
+    retrain = next(r for r in main_job["rows"] if r["method"] == "retrain")
+    assert f"({retrain['cost']['wall_s']:.0f} s for the default job" in docs["api"]
 
 
 def test_readme_result_table_is_the_committed_experiments_summary():

@@ -94,27 +94,31 @@ def quickstart_client_app() -> ClientApp:
     return app
 
 
-def test_an_unmodified_client_app_is_forgotten_by_node_with_its_update_negated():
-    """PUF-Special on node-keyed clients: w' = w - 2 * the target's stored update, exactly."""
+def test_an_unmodified_client_app_is_forgotten_over_the_api_with_its_update_negated(tmp_path):
+    """A request posted over HTTP for a node-keyed client: w4 = w3 - 2 * its stored update."""
+    from fedforget.api.client import UnlearningClient
+
+    state_dir = tmp_path / "state"
     seen: dict[str, object] = {}
     server = ServerApp()
 
     @server.main()
     def main(grid, context):
-        queue = fedforget.InMemoryRequestQueue()
         torch.manual_seed(0)
         arrays = arrays_of(Net())
-        strategy = fedforget.UnlearningFedAvg(arrays, requests=queue, fraction_evaluate=0.0)
+        strategy = fedforget.UnlearningFedAvg(
+            arrays, state_dir=state_dir, api=True, fraction_evaluate=0.0
+        )
         models: dict[int, dict[str, np.ndarray]] = {}
 
         def evaluate(server_round, arrays):
             models[server_round] = {k: v.numpy() for k, v in arrays.items()}
-            if server_round == 1:  # clients are known by now, as node-<node_id>
-                seen["target"] = sorted(strategy.directory.known())[0]
-                queue.submit(fedforget.UnlearningRequest((seen["target"],), not_before_round=4))
-            if server_round == 3:  # the update PUF will negate: the target's latest
-                entry = strategy.methods["puf-special"].store.latest(seen["target"])
+            if server_round == 3:  # clients are known as node-<node_id>; PUF keeps their updates
+                seen["target"] = target = sorted(strategy.directory.known())[0]
+                entry = strategy.methods["puf-special"].store.latest(target)
                 seen["stored"] = {k: np.array(v) for k, v in entry.pseudo_gradient.items()}
+                with UnlearningClient.from_state_dir(state_dir) as api:
+                    seen["request"] = api.submit([target])["request_id"]
             return MetricRecord({"accuracy": 0.0})
 
         strategy.start(
@@ -124,25 +128,24 @@ def test_an_unmodified_client_app_is_forgotten_by_node_with_its_update_negated()
             num_rounds=5,
             evaluate_fn=evaluate,
         )
-        seen.update(models=models, strategy=strategy, requests=queue.all())
+        seen.update(models=models, strategy=strategy, requests=strategy.requests.all())
 
     run_simulation(
         server, quickstart_client_app(), num_supernodes=3, backend_config=backend_config(2)
     )
     target, models, strategy = seen["target"], seen["models"], seen["strategy"]
     (request,) = seen["requests"]
+    assert request.request_id == seen["request"] and request.client_ids == (target,)
     assert (request.status, request.applied_round) == ("applied", 4), request.reason
     for name, before in models[3].items():
         expected = (before.astype(np.float64) - 2.0 * seen["stored"][name]).astype(before.dtype)
         np.testing.assert_array_equal(models[4][name], expected)  # PUF's float64 arithmetic
         assert not np.allclose(models[4][name], before)
     rounds = strategy.rounds
-    assert (
-        all(c.startswith("node-") for c in rounds[0].participants)
-        and len(rounds[0].participants) == 3
-    )
+    assert target.startswith("node-") and len(rounds[0].participants) == 3
     assert rounds[3].phase == "unlearn" and rounds[3].participants == []
     assert all(target not in r.participants and len(r.participants) == 2 for r in rounds[4:])
+    assert not (state_dir / "api.json").exists()  # the API stopped with the run
 
 
 def test_the_example_flower_app_runs_with_flwr_run_and_negates_the_forgotten_update(
