@@ -91,12 +91,12 @@ def key_choices() -> dict[str, Sequence[str]]:
     """The values a key accepts, where the code lists them."""
     from fedforget import config
     from fedforget.methods import method_names
-    from fedforget.models import MODELS
+    from fedforget.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
     return {
-        "dataset": config.DATASETS,
+        "dataset": tuple(DATASET_REGISTRY.names()),
         "partitioner": config.PARTITIONERS,
-        "model": tuple(MODELS),
+        "model": tuple(MODEL_REGISTRY.names()),
         "method": method_names(),
         "forget-scenario": config.FORGET_SCENARIOS,
         "optimizer": config.OPTIMIZERS,

@@ -506,6 +506,19 @@ KEY_HELP: dict[str, str] = {
         "sampling."
     ),
     "model": "The model the clients train.",
+    "data-seed": (
+        "Seeds the test split and the partition alone (-1: `seed` does); retrained "
+        "references with other training seeds then share the data."
+    ),
+    "backdoor-target-class": "The label the trigger carries in the `backdoor` scenario.",
+    "backdoor-patch-size": (
+        "Side of the square trigger in pixels (0: 2 on images under 16 pixels a side, else 3)."
+    ),
+    "backdoor-patch-value": "Pixel value of the trigger, in [0, 1] of the image's range.",
+    "backdoor-position": "Corner of the image the trigger sits in.",
+    "backdoor-poison-fraction": (
+        "Share of each target client's examples that carry the trigger (in (0, 1])."
+    ),
     "local-epochs": "Local epochs of each client in a round.",
     "batch-size": "Client mini-batch size.",
     "lr": "Client learning rate in round 1.",
@@ -558,6 +571,13 @@ KEY_HELP: dict[str, str] = {
     "api-port": "Port of the API (0: a free one, written to `state-dir/api.json`).",
     "api-token-file": "File holding the API's bearer token (mode 0600).",
     "api-token-env": "Environment variable holding the API's token, read if no token file is set.",
+    "plugins": (
+        "Modules, comma-separated, imported in every process before any name is read; their "
+        "`register()` calls add datasets, models, methods or metrics."
+    ),
+    "mixed-precision": (
+        "bf16 autocast of the forward pass on a CUDA device that supports it (no effect on CPUs)."
+    ),
     "state-dir": (
         "What survives a crash: the request queue, the checkpoint, the disk store, the API's "
         "address and token. Give it as an absolute path."
