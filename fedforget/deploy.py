@@ -181,11 +181,7 @@ class LocalDeployment:
 
     @classmethod
     def create(
-        cls,
-        run_dir: Path,
-        num_supernodes: int,
-        tls: TlsFiles | None = None,
-        serverapp_process: bool = False,
+        cls, run_dir: Path, num_supernodes: int, tls: TlsFiles | None = None
     ) -> LocalDeployment:
         """A new deployment in ``run_dir`` on free loopback ports."""
         run_dir = run_dir.resolve()
@@ -196,7 +192,6 @@ class LocalDeployment:
             supernode_ports=tuple(ports[1:]),
             state_dir=str(run_dir / "state"),
             tls=tls,
-            serverapp_process=serverapp_process,
         )
         return cls(run_dir, layout)
 
@@ -228,8 +223,6 @@ class LocalDeployment:
         (self.flwr_home / "config.toml").write_text(self.layout.connection_toml())
         self._start("superlink", self.layout.superlink_command(), self.tuning())
         wait_for_port(self.layout.superlink_host, self.layout.superlink_port)
-        if self.layout.serverapp_process:
-            self._start("serverapp", self.layout.serverapp_command(), self.tuning())
         for partition_id in range(self.layout.num_supernodes):
             self.start_supernode(partition_id)
 

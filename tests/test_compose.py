@@ -470,3 +470,44 @@ def test_compose_deployment_with_tls(project):
         assert f'root-certificates = "{project / ".compose" / "ca.crt"}"' in config
     finally:
         compose("down", "-v", check=False)
+
+
+def fedforget_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedforget.cli", *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_deploy_token_creates_a_private_token_once_and_refuses_a_loose_one(tmp_path):
+    """What the compose docs run in the ServerApp container to get the API token."""
+    state = tmp_path / "state"
+    first = fedforget_cli("deploy", "token", "--state-dir", str(state))
+    assert first.returncode == 0, first.stderr
+    token = first.stdout.strip()
+    assert len(token) == 43 and (state / "api-token").stat().st_mode & 0o777 == 0o600
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert fedforget_cli("deploy", "token", "--state-dir", str(state)).stdout.strip() == token
+    (state / "api-token").chmod(0o644)
+    refused = fedforget_cli("deploy", "token", "--state-dir", str(state))
+    assert refused.returncode == 2 and "chmod 600" in refused.stderr and not refused.stdout
+
+
+def test_deploy_connect_writes_the_flower_cli_connection(tmp_path, monkeypatch):
+    """Flower takes the CA certificate's path only absolute: a relative one is resolved."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    home = tmp_path / "home"
+    done = fedforget_cli(
+        "deploy", "connect", "--flwr-home", "home", "--superlink", "127.0.0.1:9093",
+        "--root-certificates", "ca.crt",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = (home / "config.toml").read_text()
+    assert 'default = "compose"' in text and 'address = "127.0.0.1:9093"' in text
+    assert f'root-certificates = "{tmp_path / "ca.crt"}"' in text
+    wrong = fedforget_cli("deploy", "connect", "--flwr-home", "home", "--superlink", "9093")
+    assert wrong.returncode == 2 and "HOST:PORT" in wrong.stderr

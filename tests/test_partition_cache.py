@@ -22,6 +22,7 @@ def fresh_cache(tmp_path, monkeypatch):
     """Each test gets an empty cache folder and an empty in-process cache."""
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(cache.SWITCH_ENV, raising=False)
+    monkeypatch.delenv(cache.PREPARED_ENV, raising=False)
     datasets._federated_data.cache_clear()
     yield
     datasets._federated_data.cache_clear()
@@ -192,3 +193,23 @@ def test_cached_arrays_round_trip_and_switch_off(monkeypatch):
 def test_object_arrays_are_refused():
     with pytest.raises(ValueError, match="object dtype"):
         cache.cached_arrays("demo", {}, lambda: {"bad": np.array([{}, []], dtype=object)})
+
+
+def test_an_image_that_only_reads_prepared_data_refuses_another_runs(monkeypatch):
+    """With FEDFORGET_PREPARED_RUN_CONFIG set, a cache miss names the settings and the fix."""
+    prepared = FederationConfig(num_partitions=3)
+    expected = load_federated_data(prepared)  # what an image build prepares
+    datasets._federated_data.cache_clear()
+    monkeypatch.setenv(cache.PREPARED_ENV, "num-partitions=3")
+    again = load_federated_data(prepared)  # read back, nothing built
+    assert all(
+        np.array_equal(a, b) for a, b in zip(again.partitions, expected.partitions, strict=True)
+    )
+    with pytest.raises(cache.DataNotPreparedError) as refused:
+        load_federated_data(FederationConfig(num_partitions=4))
+    message = str(refused.value)
+    assert "num-partitions=4" in message and "PREPARE_RUN_CONFIG='num-partitions=3'" in message
+    assert sorted(p.name.split("-")[0] for p in cache.cache_root().iterdir()) == [
+        "partitions",
+        "split",
+    ]  # nothing was written for the refused run
