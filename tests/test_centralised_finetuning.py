@@ -144,7 +144,7 @@ def test_registry_resolves_every_method_with_reference_and_valid_defaults() -> N
         assert method.table == f"centralised.{name}"
         assert "arXiv" in method.reference and method.summary
         assert method.check_settings(method.settings({})) == ""
-        assert method.scenarios == {"client", "random", "class"}
+        assert method.scenarios == {"client", "random", "class", "backdoor"}
     for name in ("ft", "rl", "salun"):
         assert centralised_class(name).defaults["augment"] is False
 
