@@ -228,6 +228,10 @@ class Compose:
             "COMPOSE_PROJECT_NAME": PROJECT,
             "FLWR_TELEMETRY_ENABLED": "0",
             "PYTHON": sys.executable,
+            # the wheelhouse outlives the test's copy of the project: a warm run only checks it
+            "FEDFORGET_WHEELHOUSE": os.environ.get(
+                "FEDFORGET_WHEELHOUSE", str(Path.home() / ".cache" / "fedforget" / "wheelhouse")
+            ),
         }
         if compose_file:
             self.env["COMPOSE_FILE"] = compose_file
