@@ -228,6 +228,11 @@ class Compose:
             "COMPOSE_PROJECT_NAME": PROJECT,
             "FLWR_TELEMETRY_ENABLED": "0",
             "PYTHON": sys.executable,
+            # An in-process Ray simulation (an earlier test) leaves this process's sys.path,
+            # the venv's site-packages included, in PYTHONPATH: docker-compose, a program of
+            # the system's Python, would import the venv's packages and fail. The host-side
+            # fedforget commands import the copy of the project.
+            "PYTHONPATH": str(folder),
             # the wheelhouse outlives the test's copy of the project: a warm run only checks it
             "FEDFORGET_WHEELHOUSE": os.environ.get(
                 "FEDFORGET_WHEELHOUSE", str(Path.home() / ".cache" / "fedforget" / "wheelhouse")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import signal
@@ -62,8 +63,7 @@ def test_main_job_writes_results_json_and_csv(tmp_path):
         "method,kind,status,forget_size,test_acc,forget_acc,retain_acc,mia_yeom"
     )
     gap = abs(rows["original"]["forget_acc"] - rows["retrain"]["forget_acc"])
-    header = lines[0].split(",")
-    original = dict(zip(header, lines[1].split(","), strict=True))
+    original = next(csv.DictReader(lines))  # quoted fields (the machine) may hold commas
     assert float(original["gap_forget_acc"]) == pytest.approx(gap, abs=1e-6)
     assert len((out / "history.csv").read_text().splitlines()) == 1 + len(results["history"])
     assert "[reference] round   1/2" in done.stdout and "round   3/5 unlearn" in done.stdout

@@ -26,7 +26,7 @@ import pytest
 
 from fedforget.cli import main
 from fedforget.config import ConfigError, FederationConfig
-from fedforget.simulation import RAY_ADDRESS_ENV, ray_cluster_address, simulate
+from fedforget.simulation import PRIVATE_RAY, RAY_ADDRESS_ENV, ray_cluster_address, simulate
 
 RAY = str(Path(sys.executable).with_name("ray"))
 SMALL = {"num-partitions": 3, "num-server-rounds": 3, "unlearn-at-round": 1, "local-epochs": 1}
@@ -191,7 +191,8 @@ def test_run_on_a_two_node_cluster_uses_both_nodes_and_matches_a_private_run(
 def test_cli_names_what_to_run_when_no_cluster_answers(monkeypatch, capsys, tmp_path):
     """`fedforget run --ray-address` with nothing listening fails at once and says what to start."""
     # Prepare
-    monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)  # restored after the CLI sets it
+    # set (not deleted), so that monkeypatch unsets what the CLI writes into it afterwards
+    monkeypatch.setenv(RAY_ADDRESS_ENV, PRIVATE_RAY)
     address = f"127.0.0.1:{free_port()}"
 
     # Execute
