@@ -90,6 +90,7 @@ def train(
     weight_decay: float = 0.0,
     augmentation: Augmentation | None = None,
     device: torch.device | str = "cpu",
+    max_steps: int | None = None,
 ) -> float:
     """Train in place; return the mean loss over all mini-batches.
 
@@ -97,7 +98,8 @@ def train(
     ``seed``; augmentation draws from a second generator seeded with
     ``seed + 1``, so a run is reproducible and switching augmentation on does
     not change the batch order. Defaults: plain SGD and cross-entropy (the
-    paper's client optimiser).
+    paper's client optimiser). ``max_steps`` stops after that many
+    mini-batches: the first ones of the ``epochs``-epoch schedule.
     """
     device = torch.device(device)
     model.to(device)
@@ -106,10 +108,15 @@ def train(
     optim = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     generator = torch.Generator().manual_seed(seed)
     augment_generator = torch.Generator().manual_seed(seed + 1) if augmentation else None
-    total, count = 0.0, 0
+    total, count, steps = 0.0, 0, 0
     for _ in range(epochs):
+        if max_steps is not None and steps >= max_steps:
+            break
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch_size):
+            if max_steps is not None and steps >= max_steps:
+                break
+            steps += 1
             batch = order[start : start + batch_size]
             inputs, targets = x[batch], y[batch]
             if augmentation is not None and augment_generator is not None:
