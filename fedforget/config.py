@@ -72,6 +72,7 @@ class FederationConfig:
     # --- model and local training ------------------------------------------
     model: str = "cnn"
     local_epochs: int = 10
+    local_epochs_fraction: float = 1.0
     batch_size: int = 32
     lr: float = 0.05
     lr_decay: float = 1.0
@@ -281,6 +282,11 @@ class FederationConfig:
             ("min-available-clients", self.min_available_clients),
         ):
             _positive(key, value)
+        if not 0.0 < self.local_epochs_fraction <= 1.0:
+            raise ConfigError(
+                f"local-epochs-fraction must be in (0, 1], the share of the local-epochs "
+                f"schedule's mini-batches a client trains, got {self.local_epochs_fraction}"
+            )
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test-fraction must be in (0, 1), got {self.test_fraction}")
         for key, value in (

@@ -6,6 +6,7 @@ deployment and the evaluation all see the same data, model and arithmetic.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping
 
@@ -98,10 +99,30 @@ def partition_index(config: FederationConfig, partition_id: int) -> torch.Tensor
     return torch.from_numpy(drop_forget_set(config, federated, federated.partitions[partition_id]))
 
 
+def local_steps(config: FederationConfig, num_examples: int) -> int | None:
+    """Mini-batches a client trains when ``local-epochs-fraction`` < 1 (None: all of them).
+
+    ``floor(fraction x local-epochs x batches per epoch)``, at least one: the
+    fractional epochs of FedEraser's calibration, rounded down to whole
+    mini-batches as the PUF authors' port does (half of one epoch of 7
+    batches is 3 batches).
+    """
+    if config.local_epochs_fraction >= 1.0:
+        return None
+    batches = math.ceil(num_examples / config.batch_size)
+    # rounding first keeps e.g. 0.3 * 10 = 3.0000000000000004 at 3, not above
+    share = round(config.local_epochs_fraction * config.local_epochs * batches, 9)
+    return max(1, math.floor(share))
+
+
 def train_client(
     config: FederationConfig, partition_id: int, model: nn.Module, server_round: int
 ) -> tuple[float, int]:
-    """Train ``model`` in place on one client's partition; return (mean loss, examples)."""
+    """Train ``model`` in place on one client's partition; return (mean loss, examples).
+
+    ``local-epochs`` epochs, or their first :func:`local_steps` mini-batches
+    when ``local-epochs-fraction`` < 1.
+    """
     x, y, task = partition_data(config, partition_id)
     loss = train(
         model,
@@ -119,6 +140,7 @@ def train_client(
         else None,
         device=resolve_device(config.device),
         mixed_precision=config.mixed_precision,
+        max_steps=local_steps(config, len(y)),
     )
     return loss, len(y)
 

@@ -269,6 +269,7 @@ def train(
     augmentation: Augmentation | None = None,
     device: torch.device | str = "cpu",
     mixed_precision: bool = True,
+    max_steps: int | None = None,
 ) -> float:
     """Train in place; return the mean loss over all mini-batches.
 
@@ -278,7 +279,8 @@ def train(
     so a run is reproducible and switching augmentation on does not change
     the batch order. Defaults: plain SGD and cross-entropy (the paper's
     client optimiser). ``mixed_precision``: bf16 autocast on a CUDA device
-    that supports it (ignored on the CPU).
+    that supports it (ignored on the CPU). ``max_steps`` stops after that
+    many mini-batches: the first ones of the ``epochs``-epoch schedule.
     """
     device = torch.device(device)
     layout = channels_last(model, x, device)
@@ -291,13 +293,18 @@ def train(
         else None
     )
     total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
+    count, steps = 0, 0
     with placed(model, device, layout):
         model.train()
         optim = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
         for _ in range(epochs):
+            if max_steps is not None and steps >= max_steps:
+                break
             order = torch.randperm(len(x), generator=generator).to(device)
             for start in range(0, len(x), batch_size):
+                if max_steps is not None and steps >= max_steps:
+                    break
+                steps += 1
                 batch = order[start : start + batch_size]
                 inputs, targets = x[batch], y[batch]
                 if augmentation is not None and augment_generator is not None:

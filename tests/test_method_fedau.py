@@ -7,7 +7,14 @@ import pytest
 import torch
 from harness import TINY, simulate_strategy
 
-from fedforget.methods.fedau import FedAU, random_other_labels
+from fedforget.federated.federation import method_context
+from fedforget.methods.base import ClientUpdate, UnlearningStep
+from fedforget.methods.fedau import (
+    FedAU,
+    auxiliary_head_seed,
+    fresh_head,
+    random_other_labels,
+)
 from fedforget.models import head_keys
 from fedforget.task import client_data, client_seed, model_arrays, model_with, new_model
 
@@ -22,8 +29,11 @@ def run():
 
 
 def auxiliary_model(global_arrays):
-    """The target's client step, recomputed on the model, data and seed its ClientApp used."""
-    model = model_with(CONFIG, global_arrays)
+    """The target's client step, recomputed on the model, data and seed its ClientApp used:
+    the global model with the fresh head the server drew for the step."""
+    heads = head_keys(new_model(CONFIG))
+    sent = fresh_head(global_arrays, heads, auxiliary_head_seed(CONFIG.seed, UNLEARN_ROUND))
+    model = model_with(CONFIG, sent)
     seed = client_seed(CONFIG, UNLEARN_ROUND, 1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the Ray actors, so the arithmetic repeats exactly
@@ -63,6 +73,68 @@ def test_new_head_is_the_convex_mix_and_the_rest_is_unchanged(run):
     for name in before.keys() - set(heads):
         assert np.array_equal(after[name], before[name]), name
         assert np.array_equal(auxiliary[name], before[name]), f"{name} was not frozen"
+
+
+# ------------------------------------------------------------- on the server
+def step(settings=None):
+    return UnlearningStep(
+        (), "fedau", ("1",), {**FedAU.defaults, **(settings or {})}, first_round=UNLEARN_ROUND
+    )
+
+
+def global_model():
+    return model_arrays(new_model(CONFIG.replace(seed=5)))
+
+
+def test_the_auxiliary_head_starts_fresh_from_normal_0_001_as_published():
+    """The server sends the global model with the head redrawn: weight N(0, 0.01^2), bias 0."""
+    assert FedAU.defaults["aux-init"] == "random"
+    method = FedAU(method_context(CONFIG))
+    model = global_model()
+    plan = method.plan(step(), model, ["0", "2"], 0)
+    weight, bias = head_keys(new_model(CONFIG))
+    sent = plan.arrays[weight]
+    assert sent.shape == model[weight].shape and sent.dtype == model[weight].dtype
+    assert abs(float(sent.mean())) < 0.002 and 0.009 < float(sent.std()) < 0.011
+    assert float(model[weight].std()) > 0.03  # the global head is no such head
+    assert not plan.arrays[bias].any()
+    for name in model.keys() - {weight, bias}:
+        assert np.array_equal(plan.arrays[name], model[name]), name
+    assert plan.clients == {"1": "fedau"}
+    # drawn under the run's seed and the step's first round: reproducible, not the global head
+    again = method.plan(step(), model, ["0", "2"], 0)
+    np.testing.assert_array_equal(again.arrays[weight], sent)
+    other = fresh_head(model, (weight, bias), auxiliary_head_seed(CONFIG.seed, UNLEARN_ROUND + 1))
+    assert not np.array_equal(other[weight], sent)
+
+
+def test_the_mix_takes_the_targets_trained_fresh_heads():
+    """Head = 0.04 W_orig + 0.96 W_aux, W_aux = fresh head + the target's update."""
+    method = FedAU(method_context(CONFIG))
+    model = global_model()
+    plan = method.plan(step(), model, ["0", "2"], 0)
+    heads = method.context.head_keys
+    delta = {k: np.full_like(v, 0.5) for k, v in model.items() if k in heads}
+    delta.update({k: np.zeros_like(v) for k, v in model.items() if k not in heads})
+    result = method.apply(step(), model, plan, [ClientUpdate("1", {}, delta, 40)])
+    for name in heads:
+        auxiliary = plan.arrays[name].astype(np.float64) + 0.5
+        expected = 0.04 * model[name] + 0.96 * auxiliary
+        np.testing.assert_allclose(result.arrays[name], expected, atol=1e-6, err_msg=name)
+    for name in model.keys() - set(heads):
+        assert np.array_equal(result.arrays[name], model[name]), name
+
+
+def test_global_aux_init_keeps_the_earlier_variant():
+    """aux-init='global': the head trains from the global head (W + 0.96 dW)."""
+    method = FedAU(method_context(CONFIG))
+    model = global_model()
+    plan = method.plan(step({"aux-init": "global"}), model, ["0", "2"], 0)
+    for name, value in model.items():
+        assert np.array_equal(plan.arrays[name], value), name
+    assert "fedau.aux-init must be one of random, global" in FedAU.check_settings(
+        {**FedAU.defaults, "aux-init": "zeros"}
+    )
 
 
 def test_random_labels_are_never_the_true_class_and_cover_the_others():

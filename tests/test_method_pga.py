@@ -176,3 +176,92 @@ def test_observe_keeps_the_latest_local_model_and_refuses_without_one():
     method.forget(["1"])
     assert method.stored_clients() == ["0"]
     assert method.stored_bytes() == sent["w"].nbytes + sent["steps"].nbytes
+
+
+# ------------------------------------------------------------ the early stop
+def ascent_distances(settings, radius=1e6):
+    """Run the real client step on a small model; the squared distance to w_u after each step.
+
+    ``w_u`` is the starting model itself (the reference), and the radius is
+    so large that no projection happens: every step's distance is the one the
+    early stop checks.
+    """
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from fedforget.methods.base import ClientData
+    from fedforget.methods.pga import pga_client_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    generator = torch.Generator().manual_seed(1)
+    data = ClientData(
+        x=torch.randn(64, 6, generator=generator),
+        y=torch.randint(0, 3, (64,), generator=generator),
+        task="classification",
+        num_classes=3,
+        batch_size=8,
+        device=torch.device("cpu"),
+    )
+    target = {k: v.detach().clone() for k, v in model.named_parameters()}
+    distances = []
+
+    def record(optimizer, args, kwargs):
+        params = optimizer.param_groups[0]["params"]
+        distances.append(
+            float(
+                sum(
+                    ((p.detach() - t) ** 2).sum()
+                    for p, t in zip(params, target.values(), strict=True)
+                )
+            )
+        )
+
+    handle = register_optimizer_step_post_hook(record)
+    try:
+        pga_client_step(
+            model, data, {**settings, "radius": radius}, {"target-model": target}, seed=3
+        )
+    finally:
+        handle.remove()
+    return distances
+
+
+def first_past(distances, level):
+    """Index of the first distance above ``level``."""
+    return next(i for i, d in enumerate(distances) if d > level)
+
+
+def test_default_ascent_stops_after_the_first_step_past_halimis_squared_distance():
+    """Halimi's code: stop once ||w - w_u||^2 > 2.2, far before the ball's surface."""
+    assert PGA.defaults["stop-distance"] == 2.2
+    assert PGA.defaults["stop-distance-fraction"] == 0.0
+    free = ascent_distances({**PGA.defaults, "stop-distance": 0.0})
+    assert len(free) == 5 * 8  # no early stop: 5 epochs of 8 mini-batches
+    assert free[-1] > 4 * 2.2  # unstopped, the ascent goes much further
+    stopped = ascent_distances(dict(PGA.defaults))
+    last = first_past(free, 2.2)
+    assert 0 < last < len(free) - 1
+    assert stopped == free[: last + 1]  # the same path, ended right after crossing 2.2
+
+
+def test_stop_distance_fraction_keeps_the_earlier_variant_at_a_fraction_of_the_radius():
+    """stop-distance-fraction f > 0 (with stop-distance 0): stop past (f * radius)^2."""
+    free = ascent_distances({**PGA.defaults, "stop-distance": 0.0}, radius=1e6)
+    level = free[len(free) // 2]  # a radius whose half is crossed mid-ascent
+    radius = 2 * level**0.5 * 1.0001
+    settings = {**PGA.defaults, "stop-distance": 0.0, "stop-distance-fraction": 0.5}
+    stopped = ascent_distances(settings, radius=radius)
+    assert stopped == free[: first_past(free, (0.5 * radius) ** 2) + 1]
+
+
+def test_both_early_stops_at_once_are_refused_with_the_way_out():
+    problem = PGA.check_settings({**PGA.defaults, "stop-distance-fraction": 1.0})
+    assert "pga.stop-distance-fraction and pga.stop-distance are both set" in problem
+    assert "pga.stop-distance = 0" in problem
+    assert (
+        PGA.check_settings({**PGA.defaults, "stop-distance-fraction": 1.0, "stop-distance": 0.0})
+        == ""
+    )
+    assert "stop-distance must be a finite number >= 0" in PGA.check_settings(
+        {**PGA.defaults, "stop-distance": -1.0}
+    )

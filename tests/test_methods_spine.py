@@ -12,7 +12,7 @@ import torch
 from harness import TINY, simulate_strategy
 
 from fedforget.arrays import Arrays, weighted_sum
-from fedforget.methods import method_names, register, unregister
+from fedforget.methods import method_class, method_names, register, unregister
 from fedforget.methods.base import (
     ClientUpdate,
     ConfigValue,
@@ -145,9 +145,23 @@ def test_a_plugin_from_a_test_file_runs_through_the_spine(run):
 
 
 def test_a_step_begun_in_the_last_round_completes():
-    """MoDe needs 3 rounds (2 degradation + guidance): a request after round 2 of 3 runs to 5."""
-    record = simulate_strategy(TINY.replace(num_server_rounds=3, method="mode"))
+    """MoDe needs 3 rounds here (degrade, guide, guide): a request after round 2 of 3 runs to 5."""
+    settings = (("mode.degradation-rounds", 1), ("mode.guidance-rounds", 2))
+    config = TINY.replace(num_server_rounds=3, method="mode", method_settings=settings)
+    record = simulate_strategy(config)
     rounds = record.strategy.rounds
     assert [r.phase for r in rounds] == ["train", "train", "unlearn", "unlearn", "unlearn"]
     assert [(e.first_round, e.server_round) for e in record.strategy.events] == [(3, 5)]
     assert sorted(record.models) == [0, 1, 2, 3, 4, 5]
+
+
+def test_every_method_names_its_source_and_its_deviations_in_one_line():
+    """The docs' methods table is generated from reference, summary and deviations."""
+    for name in method_names():
+        cls = method_class(name)
+        assert cls.reference and cls.summary, name
+        assert isinstance(cls.deviations, str) and "\n" not in cls.deviations, name
+    fedquit = method_class("fedquit").reference
+    assert fedquit.startswith("Mora, Valerio, Bellavista and Passarella") and "Zhao" not in fedquit
+    for name in ("federaser", "fedau", "mode", "pga", "puf-special"):
+        assert "checked against" in method_class(name).reference, name

@@ -166,7 +166,9 @@ class FederatedMethod(ABC):
     Class attributes declare the method: ``name`` (its registry name),
     ``table`` (its run-config table: ``<table>.<key>``), ``defaults`` (its
     settings), ``limits`` (the upper bound of each numeric setting), ``needs``,
-    ``reference`` (the paper) and ``summary`` (one line).
+    ``reference`` (the paper, and the code the implementation was checked
+    against), ``summary`` (one line) and ``deviations`` (one line: where the
+    default behaviour differs from the published method and why; "" for none).
     """
 
     name: ClassVar[str]
@@ -175,6 +177,7 @@ class FederatedMethod(ABC):
     needs: ClassVar[Needs] = Needs()
     reference: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    deviations: ClassVar[str] = ""
     client_step: ClassVar[ClientStep | None] = None
     run_only: ClassVar[frozenset[str]] = frozenset()
     """Settings only the run's configuration may set (bounds on what requests ask for)."""

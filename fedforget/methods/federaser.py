@@ -1,37 +1,59 @@
 """FedEraser: replay the kept history with the remaining clients, calibrated.
 
 Liu et al., "FedEraser: Enabling Efficient Client-Level Data Removal from
-Federated Learning Models", IWQoS 2021 (docs: ``puf-reference.md``, section
-"Baselines (federated)").
+Federated Learning Models", IWQoS 2021; checked against the authors' code
+(its ``unlearning`` function, which the PUF authors' port keeps as a
+comment) and the PUF authors' port (``alessiomora/puf_unlearning``,
+``federaser_utility.py``: ``delta_t=2``, ``Ecali=0.5``). Docs:
+``puf-reference.md``, section "Baselines (federated)".
 
 History (kept by :meth:`FedEraser.observe` in ordinary rounds): in every
-retained round ``t`` (``t = 1, 1 + interval, 1 + 2 interval, ...``) the global
-model ``w^t`` the server sent and each client's update ``U_k^t = w_k^t - w^t``
-with its example count. Storage grows with the rounds: that is FedEraser's cost.
+retained round ``t`` (``t = 1, 1 + interval, 1 + 2 interval, ...``; default
+``interval`` 2, every 2nd round) the global model ``w^t`` the server sent and
+each client's update ``U_k^t = w_k^t - w^t`` with its example count. Storage
+grows with the rounds: that is FedEraser's cost.
 
-Step, for the retained rounds ``t_1 < ... < t_m`` (one unlearning round each)::
+Step, for the retained rounds ``t_1 < ... < t_m``::
 
-    w~ = w^{t_1}                                         (the initial model)
-    in round j, each remaining client k that has U_k^{t_j} trains from w~ for
-    ceil(calibration-epochs-fraction * local-epochs) epochs:   Û_k = w~_k - w~
+    w~ = w^{t_1} + sum_k (n_k / sum n) U_k^{t_1}          (the stored updates, reused)
+    for j = 2..m, one unlearning round each: every remaining client k that has
+    U_k^{t_j} trains from w~ for half its local epochs:   Û_k = w~_k - w~
     Ũ_k = |U_k^{t_j}| * Û_k / |Û_k|                      (:func:`calibrate`)
     w~ <- w~ + sum_k (n_k / sum n) Ũ_k
 
-and the last ``w~`` is the new global model. The norms are taken per layer
-(each floating-point array separately, as in the original) or over the whole
-model (``per-layer = false``, as in later ports). The targets' updates are
-never used; a retained round in which no remaining client trained carries
-``w~`` over unchanged.
+and the last ``w~`` is the new global model: ``m - 1`` rounds (one, asking
+nobody, when only one round was kept). The first kept round started from
+the initial model, as the replay does, so its stored updates are what
+calibration would recompute: they are reused as they are (the original and
+the port do the same). "Half the local epochs" is
+``calibration-epochs-fraction`` (0.5) of the ``local-epochs`` schedule's
+mini-batches, rounded down to whole mini-batches as the port takes
+``int(0.5 x batches)`` of one epoch (:func:`fedforget.task.local_steps`;
+the run config key ``local-epochs-fraction`` carries it to the clients). The
+norms are taken per layer (each floating-point array separately, as in the
+original) or over the whole model (``per-layer = false``, as in the port).
+The targets' updates are never used; a retained round in which no remaining
+client trained carries ``w~`` over unchanged.
 
-Unlike the original code, which calibrates the clients' *mean* update, each
-client's update is calibrated against its own stored update, as in the
-paper's formulation, and the calibrated updates are averaged with FedAvg's
-example weights.
+Deviations, and why:
+
+* each client's update is calibrated against its own stored update, as in
+  the paper's formulation, and the calibrated updates are averaged with
+  FedAvg's example weights (the original code calibrates the clients' mean
+  update);
+* the kept rounds are 1, 1 + interval, ..., each update with the model it
+  started from (the original code keeps the client models of rounds
+  interval, 2 interval, ... and pairs them with global models one round
+  apart; the port keeps round 1 and every interval-th round);
+* calibration trains at the learning rate of the round it runs in (the port:
+  ``lr x decay^j`` for the ``j``-th kept round); only its direction is used;
+* the original rounds fractional calibration epochs up to whole epochs
+  (``ceil``); the port's rounding down to mini-batches is followed, since for
+  one local epoch (every CIFAR configuration) the ceiling is a full epoch.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -108,12 +130,6 @@ def _scale(stored_norm: float, new_norm: float) -> float:
     return stored_norm / new_norm if new_norm > 0 else 0.0
 
 
-def calibration_epochs(fraction: float, local_epochs: int) -> int:
-    """Local epochs of a calibration round: ``ceil(fraction * local_epochs)``, at least 1."""
-    # rounding first keeps e.g. 0.3 * 10 = 3.0000000000000004 at 3 epochs, not 4
-    return max(1, math.ceil(round(fraction * local_epochs, 9)))
-
-
 @dataclass
 class RetainedRound:
     """What FedEraser keeps of one retained round: the model sent and each client's update."""
@@ -146,7 +162,8 @@ class FedEraser(FederatedMethod):
     context : MethodContext
         The federation's model and recipe.
     interval : int | None (default: None)
-        Keep every ``interval``-th round (rounds 1, 1 + interval, ...); None
+        Keep every ``interval``-th round (rounds 1, 1 + interval, ...; the
+        default 2 keeps every 2nd round, as the PUF authors' port); None
         takes the run's ``federaser.interval``. The history is kept
         before any request arrives, so the interval is fixed when the method
         is built: a step whose ``federaser.interval`` differs is refused.
@@ -157,7 +174,7 @@ class FedEraser(FederatedMethod):
     table = "federaser"
     limits: ClassVar[Mapping[str, float]] = {"interval": 1000, "calibration-epochs-fraction": 1.0}
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
-        "interval": 1,
+        "interval": 2,
         "calibration-epochs-fraction": 0.5,
         "per-layer": True,
     }
@@ -169,9 +186,17 @@ class FedEraser(FederatedMethod):
     )
     reference = (
         "Liu et al., FedEraser: Enabling Efficient Client-Level Data Removal from "
-        "Federated Learning Models, IWQoS 2021"
+        "Federated Learning Models, IWQoS 2021; checked against the PUF authors' port "
+        "(alessiomora/puf_unlearning)"
     )
-    summary = "replay the kept rounds with the remaining clients, rescaled to the stored norms"
+    summary = (
+        "replay every 2nd round with the remaining clients at half the local epochs, "
+        "each update rescaled to the stored one's norm (the first kept round reused)"
+    )
+    deviations = (
+        "each client's update is calibrated against its own stored update (the original "
+        "code calibrates their mean); calibration runs at the current round's lr"
+    )
 
     def __init__(self, context: MethodContext, interval: int | None = None) -> None:
         super().__init__(context)
@@ -234,27 +259,39 @@ class FedEraser(FederatedMethod):
     def plan(
         self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
     ) -> RoundPlan:
-        """Retained round ``index``: its remaining clients train from the calibrated model."""
+        """Round ``index``: the remaining clients calibrate kept round ``index + 2`` (1-based).
+
+        Round 0 first rebuilds ``w~`` from the first kept round's stored
+        updates (:meth:`replay_start`); the clients then train from ``w~``.
+        """
         if index == 0:
             # the step replays the history as it was when it began
             self._schedule = tuple(self.history)
             self.calibrations = []
         self._position = index
-        if index >= len(self._schedule):
+        if not self._schedule:
             return RoundPlan(global_arrays)  # apply says why
-        retained = self._schedule[index]
-        # the calibrated model starts at the first retained round's model (the initial one)
-        start = retained.sent if index == 0 else global_arrays
+        start = self.replay_start(step) if index == 0 else global_arrays
+        if index + 1 >= len(self._schedule):
+            return RoundPlan(start)  # one kept round: its stored updates are the whole step
+        retained = self._schedule[index + 1]
         clients = [c for c in remaining if c in retained.updates and c not in step.targets]
-        epochs = calibration_epochs(
-            float(step.settings["calibration-epochs-fraction"]), self.context.local_epochs
-        )
+        fraction = float(step.settings["calibration-epochs-fraction"])
         return RoundPlan(
             start,
             dict.fromkeys(clients, TRAIN_ACTION),
-            epochs=epochs if clients else 0.0,
-            config={"local-epochs": epochs},
+            epochs=fraction * self.context.local_epochs if clients else 0.0,
+            config={"local-epochs-fraction": fraction},
         )
+
+    def replay_start(self, step: UnlearningStep) -> Arrays:
+        """``w^{t_1}`` moved by the FedAvg of the remaining clients' stored updates of ``t_1``."""
+        first = self._schedule[0]
+        kept = [(u.num_examples, u) for c, u in first.updates.items() if c not in step.targets]
+        total = sum(count for count, _ in kept)
+        if not total:
+            return copy_arrays(first.sent)
+        return weighted_sum(first.sent, [(n / total, u.pseudo_gradient) for n, u in kept])
 
     def apply(
         self,
@@ -264,12 +301,15 @@ class FedEraser(FederatedMethod):
         updates: Sequence[ClientUpdate],
     ) -> StepResult:
         """The calibrated model moved by the example-weighted mean of the calibrated updates."""
-        if self._position >= len(self._schedule):
+        if not self._schedule:
             raise StepFailed(
                 "federaser has no kept round to replay; nothing was forgotten: keep its "
                 "history (method='federaser' or methods) and retry after a round"
             )
-        retained = self._schedule[self._position]
+        if self._position + 1 >= len(self._schedule):
+            self._schedule = ()
+            return StepResult(copy_arrays(plan.arrays))
+        retained = self._schedule[self._position + 1]
         per_layer = bool(step.settings["per-layer"])
         calibrated: list[tuple[int, Arrays]] = []
         for update in updates:
@@ -292,7 +332,7 @@ class FedEraser(FederatedMethod):
             if calibrated
             else copy_arrays(plan.arrays)
         )
-        done = self._position == len(self._schedule) - 1
+        done = self._position + 2 >= len(self._schedule)
         if done:
             self._schedule = ()
         return StepResult(new, done=done)

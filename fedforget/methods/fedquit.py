@@ -1,13 +1,19 @@
 """FedQUIT: distillation from a quasi-competent virtual teacher on the target (``fedquit``).
 
-Zhao et al., "FedQUIT: On-Device Federated Unlearning via a Quasi-Competent
-Virtual Teacher" (2024). The target receives the global model ``w``; the
-teacher is a frozen copy of it whose logit of each example's true class is
-replaced by that example's minimum logit (:func:`virtual_teacher_logits`):
-it still knows how the classes relate, but no longer favours the right one.
+Mora, Valerio, Bellavista and Passarella, "FedQUIT: On-Device Federated
+Unlearning via a Quasi-Competent Virtual Teacher" (arXiv 2408.07587, 2024),
+checked against the authors' code (``alessiomora/FedQUIT``) and the PUF
+authors' port (``alessiomora/puf_unlearning``, ``model_kd_div.py``). The
+target receives the global model ``w``; the teacher is a frozen copy of it
+whose logit of each example's true class is replaced by that example's
+minimum logit (:func:`virtual_teacher_logits`): it still knows how the
+classes relate, but no longer favours the right one.
 The student (the received model) minimises ``KL(softmax(teacher) ||
 softmax(student))`` on the target's data with Adam. The new global model is
 the example-weighted mean of the targets' students; recovery follows.
+
+Deviations: none in the update; several targets forget together (the new
+global model is the example-weighted mean of their students).
 """
 
 from __future__ import annotations
@@ -92,8 +98,9 @@ class FedQUIT(TargetStepMethod):
         tasks=("classification",),
     )
     reference = (
-        "Zhao et al., FedQUIT: On-Device Federated Unlearning via a Quasi-Competent "
-        "Virtual Teacher, arXiv 2408.07587 (2024)"
+        "Mora, Valerio, Bellavista and Passarella, FedQUIT: On-Device Federated Unlearning "
+        "via a Quasi-Competent Virtual Teacher, arXiv 2408.07587 (2024); checked against "
+        "alessiomora/FedQUIT"
     )
     summary = "targets distil the global model with the true-class logit hidden (KL, Adam)"
     client_step = staticmethod(fedquit_client_step)

@@ -1,24 +1,52 @@
 """MoDe: momentum degradation, then memory guidance (registry name ``mode``).
 
 Zhao et al., "Federated Unlearning With Momentum Degradation", IEEE Internet
-of Things Journal, 2024 (doi:10.1109/JIOT.2023.3321594). A step of
-``degradation-rounds`` (K, default 2) + 1 rounds:
+of Things Journal, 2024 (doi:10.1109/JIOT.2023.3321594); checked against the
+PUF authors' port (``alessiomora/puf_unlearning``: ``mode_unlearning.py`` and
+the ``mode.*`` settings of its CIFAR scripts), the only public code.
 
-* knowledge erasure, rounds 0..K-1: a degradation model ``w_de``, freshly
-  initialised for the step, is trained by the remaining clients (ordinary
-  local training, FedAvg of their updates against ``w_de``); after each round
-  the global model moves towards it::
+A step is ``R = max(degradation-rounds, guidance-rounds)`` MoDe rounds (the
+port: 10, of which the first 6 degrade). MoDe round ``j`` (0-based) is one
+or two spine rounds:
+
+* knowledge erasure, if ``j < degradation-rounds`` (K, default 6): a
+  degradation model ``w_de``, freshly initialised for the step, is trained by
+  the remaining clients (ordinary local training from ``w_de``, FedAvg of
+  their updates against it, at the run's base learning rate, undecayed, as in
+  the port); then the global model moves towards it::
 
       w <- momentum * w + (1 - momentum) * w_de          (momentum = 0.95)
 
   over the floating-point arrays (integer arrays keep ``w``'s values). Never
-  having seen the targets' data, ``w_de`` pulls ``w`` towards the early
-  state of a model retrained without them.
-* memory guidance, round K: each target fine-tunes ``w`` on its data for
-  ``guidance-epochs`` (1) with SGD at ``lr`` (0.01), labelled by ``w_de``'s
-  predictions (its arg-max), so that ``w`` keeps discriminating the inputs
-  but learns on them only what a model without the targets would say; the new
-  global model is the example-weighted mean of the targets' models.
+  having seen the targets' data, ``w_de`` pulls ``w`` towards the early state
+  of a model retrained without them;
+* memory guidance, if ``j >= R - guidance-rounds`` (G, default 10, so every
+  MoDe round of the default step guides): every client trains from ``w``,
+  the targets on their data labelled by ``w_de``'s arg-max predictions
+  (``guidance-epochs``, SGD at ``lr``), the remaining clients ordinarily (at
+  the run's learning rate, or at ``remaining-lr`` when it is set: the port's
+  CIFAR scripts use 0.0005); the new global model is FedAvg over all of
+  them, each weighted ``n_k / N`` with ``N`` the examples of every client
+  that trained, so a target weighs ``n_u / N``.
+
+``guidance = "targets"`` keeps the variant fedforget ran before: the
+guidance rounds ask only the targets and the new global model is the mean
+of their guided models (their share of the examples then is 1, about
+``1 / p_u`` times the published weight). With ``degradation-rounds = 2``,
+``guidance-rounds = 1``, ``guidance-epochs = 1`` and ``lr = 0.01`` it is that
+variant exactly (two degradation rounds, then one guidance round).
+
+Deviations from the port, and why:
+
+* the targets' pseudo-labels are computed once per guidance round on
+  test-time inputs, and the targets train on them with plain SGD (no weight
+  decay, no augmentation): a client step receives the method's settings, not
+  the run's optimiser recipe (the port labels each augmented batch as it
+  trains, with the clients' SGD and weight decay 1e-3);
+* the default ``lr`` (0.05) is the digits run's learning rate: the port's
+  targets train at the run's base learning rate (0.1 for ResNet-18, 3e-4 for
+  the ViT), so the CIFAR configurations set it;
+* several targets may forget together (the port forgets one client).
 """
 
 from __future__ import annotations
@@ -27,7 +55,7 @@ import copy
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -53,7 +81,11 @@ from fedforget.training import train
 logger = logging.getLogger(__name__)
 
 DEGRADATION_ARRAYS = "degradation"
-"""Name under which the guidance round sends ``w_de`` (``plan.extra``)."""
+"""Name under which a guidance round sends ``w_de`` (``plan.extra``)."""
+GUIDANCE_KINDS = ("fedavg", "targets")
+"""``mode.guidance``: every client in FedAvg (the port), or the targets alone."""
+
+Phase = Literal["degrade", "guide"]
 
 
 def degradation_seed(run_seed: int, first_round: int) -> int:
@@ -64,6 +96,27 @@ def degradation_seed(run_seed: int, first_round: int) -> int:
 def momentum_step(global_arrays: Arrays, degradation: Arrays, momentum: float) -> Arrays:
     """``momentum * w + (1 - momentum) * w_de`` over the float arrays; integer arrays of ``w``."""
     return weighted_sum(global_arrays, [(1.0 - momentum, difference(degradation, global_arrays))])
+
+
+def schedule(degradation_rounds: int, guidance_rounds: int) -> tuple[Phase, ...]:
+    """The spine rounds of a step, in order.
+
+    MoDe round ``j`` degrades if ``j < K``, then guides if ``j >= R - G``,
+    with ``R = max(K, G)`` (``K`` degradation, ``G`` guidance rounds).
+
+    >>> schedule(2, 3)
+    ('degrade', 'guide', 'degrade', 'guide', 'guide')
+    >>> schedule(2, 1)
+    ('degrade', 'degrade', 'guide')
+    """
+    total = max(degradation_rounds, guidance_rounds)
+    phases: list[Phase] = []
+    for j in range(total):
+        if j < degradation_rounds:
+            phases.append("degrade")
+        if j >= total - guidance_rounds:
+            phases.append("guide")
+    return tuple(phases)
 
 
 @torch.no_grad()
@@ -90,8 +143,10 @@ def memory_guidance(
 ) -> float:
     """MoDe's client step: train ``model`` on its data labelled by the degradation model.
 
-    ``extra["degradation"]`` is ``w_de``'s state dict. Mini-batches are
-    shuffled by a generator seeded with ``seed`` (:func:`fedforget.training.train`).
+    ``extra["degradation"]`` is ``w_de``'s state dict; ``settings["guidance-epochs"]``
+    the epochs (the server resolves 0 to the run's local epochs before it
+    sends them). Mini-batches are shuffled by a generator seeded with
+    ``seed`` (:func:`fedforget.training.train`).
 
     Returns
     -------
@@ -107,7 +162,7 @@ def memory_guidance(
         model,
         data.x,
         labels,
-        epochs=int(settings["guidance-epochs"]),
+        epochs=max(1, int(settings["guidance-epochs"])),
         batch_size=data.batch_size,
         lr=float(settings["lr"]),
         seed=seed,
@@ -119,69 +174,135 @@ def memory_guidance(
 class MoDe(FederatedMethod):
     """Degrade the global model towards a model of the remaining clients, then guide it.
 
-    ``degradation`` holds the active step's ``w_de`` (empty between steps).
+    ``degradation`` holds the active step's ``w_de`` and ``phases`` its
+    schedule of spine rounds (:func:`schedule`); both are empty between steps.
     """
 
     name = "mode"
     table = "mode"
     limits: ClassVar[Mapping[str, float]] = {
         "degradation-rounds": 100,
+        "guidance-rounds": 100,
         "momentum": 1.0,
         "guidance-epochs": 100,
         "lr": 1e6,
+        "remaining-lr": 1e6,
     }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
-        "degradation-rounds": 2,
+        "degradation-rounds": 6,
+        "guidance-rounds": 10,
+        "guidance": "fedavg",
         "momentum": 0.95,
-        "guidance-epochs": 1,
-        "lr": 0.01,
+        "guidance-epochs": 0,
+        "lr": 0.05,
+        "remaining-lr": 0.0,
     }
+    """The port's step: 6 degradation rounds within 10 guidance rounds.
+
+    ``guidance-epochs`` 0: the targets guide for the run's local epochs (as
+    every client in the port); ``remaining-lr`` 0: the remaining clients train
+    at the run's learning rate in the guidance rounds.
+    """
     needs = Needs(
         target_online=True,
-        client_step="they fine-tune on their data labelled by the degradation model",
+        client_step="they train on their data labelled by the degradation model",
     )
     reference = (
         "Zhao et al., Federated Unlearning With Momentum Degradation, IEEE Internet of "
-        "Things Journal 2024, doi:10.1109/JIOT.2023.3321594"
+        "Things Journal 2024, doi:10.1109/JIOT.2023.3321594; checked against the PUF "
+        "authors' port (alessiomora/puf_unlearning)"
     )
-    summary = "pull the model (x0.95) towards one the others train from scratch, then guide it"
+    summary = (
+        "pull the model (x0.95) towards one the others train from scratch (6 rounds), "
+        "within 10 FedAvg rounds of all clients, the targets on its pseudo-labels"
+    )
+    deviations = (
+        "the targets' pseudo-labels are fixed per round, on un-augmented inputs, and they "
+        "train with plain SGD (the port: the clients' SGD with weight decay 1e-3)"
+    )
     client_step = staticmethod(memory_guidance)
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
         self.degradation: Arrays = {}
+        self.phases: tuple[Phase, ...] = ()
+        self._position = 0
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:
-        """At least one degradation round and epoch, momentum in [0, 1), a positive lr."""
-        for key in ("degradation-rounds", "guidance-epochs"):
+        """Round counts >= 1, epochs >= 0, momentum in [0, 1), lr > 0, remaining-lr >= 0."""
+        for key in ("degradation-rounds", "guidance-rounds"):
             value = settings[key]
             if not (isinstance(value, int) and value >= 1):
                 return f"mode.{key} must be an integer >= 1, got {value!r}"
+        epochs = settings["guidance-epochs"]
+        if not (isinstance(epochs, int) and epochs >= 0):
+            return (
+                f"mode.guidance-epochs must be an integer >= 0 (0: the run's local-epochs), "
+                f"got {epochs!r}"
+            )
+        if settings["guidance"] not in GUIDANCE_KINDS:
+            return (
+                f"mode.guidance must be one of {', '.join(GUIDANCE_KINDS)} (fedavg: every "
+                f"client, as published; targets: the targets alone), got {settings['guidance']!r}"
+            )
         momentum, lr = settings["momentum"], settings["lr"]
         if not (isinstance(momentum, int | float) and 0.0 <= momentum < 1.0):
             return f"mode.momentum must be in [0, 1), got {momentum!r}"
         if not (isinstance(lr, int | float) and lr > 0 and np.isfinite(lr)):
             return f"mode.lr must be a finite number > 0, got {lr!r}"
+        remaining_lr = settings["remaining-lr"]
+        if not (isinstance(remaining_lr, int | float) and remaining_lr >= 0):
+            return (
+                f"mode.remaining-lr must be a finite number >= 0 (0: the run's learning "
+                f"rate), got {remaining_lr!r}"
+            )
+        if not np.isfinite(remaining_lr):
+            return f"mode.remaining-lr must be a finite number >= 0, got {remaining_lr!r}"
         return ""
+
+    def guidance_epochs(self, settings: Mapping[str, ConfigValue]) -> int:
+        """The targets' guidance epochs: ``guidance-epochs``, or the run's local epochs if 0."""
+        return int(settings["guidance-epochs"]) or self.context.local_epochs
 
     def plan(
         self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
     ) -> RoundPlan:
-        """Rounds 0..K-1: the remaining clients train ``w_de``; round K: the targets' guidance."""
+        """A degradation round (the remaining clients train ``w_de``) or a guidance round."""
+        settings = step.settings
         if index == 0:
             seed = degradation_seed(self.context.seed, step.first_round)
             self.degradation = self.context.random_arrays(seed)
-        if index < int(step.settings["degradation-rounds"]):
+            self.phases = schedule(
+                int(settings["degradation-rounds"]), int(settings["guidance-rounds"])
+            )
+        self._position = index
+        local_epochs = float(self.context.local_epochs)
+        if self.phases[index] == "degrade":
+            # the port trains w_de at the base learning rate, undecayed
             return RoundPlan(
                 self.degradation,
                 dict.fromkeys(remaining, TRAIN_ACTION),
-                epochs=float(self.context.local_epochs),
+                epochs=local_epochs,
+                config={"lr-decay": 1.0},
             )
+        epochs = self.guidance_epochs(settings)
+        clients = dict.fromkeys(step.targets, self.name)
+        config: dict[str, ConfigValue] = {f"{self.table}.guidance-epochs": epochs}
+        if settings["guidance"] == "fedavg":
+            others = [c for c in remaining if c not in step.targets]
+            clients = {**dict.fromkeys(others, TRAIN_ACTION), **clients}
+            remaining_lr = float(settings["remaining-lr"])
+            if remaining_lr > 0:
+                config.update({"lr": remaining_lr, "lr-decay": 1.0})
+            mean_epochs = (len(others) * local_epochs + len(step.targets) * epochs) / len(clients)
+        else:
+            mean_epochs = float(epochs)
         return RoundPlan(
             global_arrays,
-            dict.fromkeys(step.targets, self.name),
-            epochs=float(step.settings["guidance-epochs"]),
+            clients,
+            epochs=mean_epochs,
+            config=config,
             extra={DEGRADATION_ARRAYS: self.degradation},
         )
 
@@ -192,12 +313,19 @@ class MoDe(FederatedMethod):
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],
     ) -> StepResult:
-        """A degradation round's momentum step, or the mean of the targets' guided models."""
+        """A degradation round's momentum step, or the guidance round's FedAvg."""
         if DEGRADATION_ARRAYS not in plan.extra:
             return StepResult(self._degrade(step, global_arrays, plan, updates), done=False)
-        self.degradation = {}
-        targets = target_updates(step, updates)
-        return StepResult(fedavg(global_arrays, targets))
+        targets = target_updates(step, updates)  # every target must have guided
+        if step.settings["guidance"] == "fedavg":
+            guided = [u for u in updates if u.client_id in plan.clients]
+        else:
+            guided = targets
+        new = fedavg(global_arrays, guided)
+        done = self._position >= len(self.phases) - 1  # the schedule ends on a guidance round
+        if done:
+            self.degradation, self.phases = {}, ()
+        return StepResult(new, done=done)
 
     def _degrade(
         self,

@@ -1,4 +1,10 @@
-"""NoT: negate the first convolution's weights, then recover (registry name ``not``)."""
+"""NoT: negate the first convolution's weights, then recover (registry name ``not``).
+
+Khalil et al., "NoT: Federated Unlearning via Weight Negation", CVPR 2025;
+checked against the PUF authors' port (``alessiomora/puf_unlearning``,
+``unlearning_routine.py``, algorithm ``not``: the first layer's weight
+negated, its bias kept). Deviations: none.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,10 @@ class NoT(FederatedMethod):
 
     name = "not"
     table = "not"
-    reference = "Khalil et al., NoT: Federated Unlearning via Weight Negation, CVPR 2025"
+    reference = (
+        "Khalil et al., NoT: Federated Unlearning via Weight Negation, CVPR 2025; checked "
+        "against the PUF authors' port (alessiomora/puf_unlearning)"
+    )
     summary = "negate the first convolution's weights, then recover"
 
     def refusal(self, targets: Sequence[str], settings: Mapping[str, ConfigValue]) -> str:

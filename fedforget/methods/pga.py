@@ -1,37 +1,56 @@
 """PGA: projected gradient ascent on the target, from a reference model (registry name ``pga``).
 
-Halimi et al., "Federated Unlearning: How to Efficiently Erase a Client in
-FL?" (2022). Notation: ``w`` is the global model, ``w_u`` the latest local
-model of target ``u`` with ``n_u`` examples, and ``p_u = n_u / N_r`` where
-``N_r`` is the number of examples of all clients in the round ``w_u`` comes
-from (its FedAvg weight there).
+Halimi, Kadhe, Rawat and Baracaldo, "Federated Unlearning: How to
+Efficiently Erase a Client in FL?" (arXiv 2207.05521, 2022); checked against
+the authors' code (``IBM/federated-unlearning``, ``federated_unlearning.ipynb``)
+and the PUF authors' TensorFlow port (``alessiomora/puf_unlearning``,
+``model_projected_ga.py``). Notation: ``w`` is the global model, ``w_u`` the
+latest local model of target ``u`` with ``n_u`` examples, and
+``p_u = n_u / N_r`` where ``N_r`` is the number of examples of all clients in
+the round ``w_u`` comes from (its FedAvg weight there).
 
 * Reference model, the global model without the targets' contribution under
   size-weighted FedAvg::
 
       w_ref = (w - sum_u p_u w_u) / (1 - sum_u p_u)
 
-  (the paper's equal-weight form ``(N w - w_u) / (N - 1)`` is only right when
-  every client holds as many examples). It is exact when ``w`` is the FedAvg
-  of the round ``w_u`` comes from (every client trains every round), and an
-  approximation after rounds the target did not take part in.
+  It is exact when ``w`` is the FedAvg of the round ``w_u`` comes from (every
+  client trains every round), and an approximation after rounds the target
+  did not take part in.
 * Radius: ``delta = radius-fraction x`` the mean L2 distance from ``w_ref`` to
   ``random-inits`` freshly initialised models (seeds other than the run's),
   unless ``radius`` fixes it. Distances are over the parameters: running
-  statistics are neither in the ball nor changed by the ascent. (The
-  authors' code measures squared distances, so its radius is
-  ``sqrt(mean d^2 / 3)``, about ``0.58 x`` the mean distance rather than
-  ``1/3 x``; ``radius-fraction`` 0.577 comes close to it.)
+  statistics are neither in the ball nor changed by the ascent.
 * Client step, from ``w_ref``: gradient *ascent* on the target's training loss
   (cross-entropy; the task's loss for segmentation), SGD with momentum,
   gradient-norm clipping, and after every optimiser step a projection onto
-  the L2 ball of radius ``delta`` around ``w_ref``; it stops early once the
-  model is farther than ``stop-distance-fraction x delta`` from ``w_u``.
+  the L2 ball of radius ``delta`` around ``w_ref``. Early stop (Halimi's
+  code): after the first step whose model is farther from ``w_u`` than
+  ``stop-distance`` in *squared* L2 distance over the parameters (default
+  2.2, Halimi's value; the PUF port compares the plain L2 distance to 6.0,
+  i.e. ``stop-distance = 36``, on ResNet-18). The stop lies far inside the
+  ball: it ends the ascent after a small move away from the target's model.
 * The new global model is the example-weighted mean of the targets' results,
   so it stays in the ball too (the ball is convex). Recovery follows.
 
 The server keeps each client's latest local model (``sent + delta``), which it
 erases when the client is forgotten.
+
+Deviations from the authors' code, and why:
+
+* ``w_ref`` is the size-weighted form above; the paper's and the code's
+  ``(N w - w_u) / (N - 1)`` is only right when every client holds as many
+  examples (it is wrong under size-weighted FedAvg).
+* The radius: Halimi's code takes the mean *squared* distance to 10 random
+  inits over 3 and projects onto ``sqrt`` of it (about ``0.58 x`` the mean
+  distance); here ``radius-fraction`` (1/3) x the mean distance to 3 random
+  inits, the paper's wording (``radius-fraction`` 0.577 comes close to the
+  code). The stop usually fires long before the ball's surface.
+* Several targets forget together from one ``w_ref`` (the code forgets one).
+* ``stop-distance-fraction`` > 0 (off by default) replaces the fixed stop by
+  one at ``fraction x radius`` in plain L2 distance, the variant fedforget
+  used before, which ascends much further (about a third of the way to a
+  random initialisation at 1.0).
 """
 
 from __future__ import annotations
@@ -157,6 +176,18 @@ def parameter_distance(parameters: Sequence[torch.Tensor], other: Sequence[torch
         )
 
 
+def stop_distance_squared(settings: Mapping[str, ConfigValue], radius: float) -> float:
+    """The squared L2 distance from ``w_u`` past which the ascent stops (0: no early stop).
+
+    ``stop-distance`` (Halimi's code: 2.2) unless ``stop-distance-fraction`` is
+    set, which stops at ``fraction x radius`` (plain L2 distance) instead.
+    """
+    fraction = float(settings["stop-distance-fraction"])
+    if fraction > 0:
+        return (fraction * radius) ** 2
+    return float(settings["stop-distance"])
+
+
 def freeze_statistics(model: nn.Module) -> None:
     """Put layers with running statistics (BatchNorm) in eval mode.
 
@@ -194,7 +225,7 @@ def pga_client_step(
     if not radius > 0:
         # a zero radius would pin the model to w_ref: the step would silently do nothing
         raise ValueError("pga.radius is 0: the server sends the radius with the step")
-    stop_distance = float(settings["stop-distance-fraction"]) * radius
+    stop_squared = stop_distance_squared(settings, radius)
     optimiser = make_optimizer(
         "sgd", parameters, float(settings["lr"]), momentum=float(settings["momentum"])
     )
@@ -214,7 +245,7 @@ def pga_client_step(
             project_onto_ball(parameters, center, radius)
             total += float(loss.detach()) * len(batch)
             count += len(batch)
-            if stop_distance > 0 and parameter_distance(parameters, target) > stop_distance:
+            if stop_squared > 0 and parameter_distance(parameters, target) ** 2 > stop_squared:
                 return total / count
     return total / max(count, 1)
 
@@ -240,6 +271,7 @@ class PGA(TargetStepMethod):
         "radius-fraction": 10.0,
         "random-inits": 100,
         "radius": 1e6,
+        "stop-distance": 1e6,
         "stop-distance-fraction": 10.0,
     }
     defaults: ClassVar[Mapping[str, ConfigValue]] = {
@@ -250,13 +282,16 @@ class PGA(TargetStepMethod):
         "radius-fraction": 1.0 / 3.0,
         "random-inits": 3,
         "radius": 0.0,
-        "stop-distance-fraction": 1.0,
+        "stop-distance": 2.2,
+        "stop-distance-fraction": 0.0,
     }
     """``radius`` 0 means ``radius-fraction`` x the mean distance to random inits.
 
-    ``stop-distance-fraction`` 1: the ascent stops once it is farther from the
-    target's model than the radius, i.e. it has moved away from ``w_u`` by
-    about the whole budget the ball allows (0 turns the early stop off).
+    ``stop-distance``: the squared L2 distance from the target's model ``w_u``
+    past which the ascent stops (Halimi's code: 2.2; 0 turns the early stop
+    off). ``stop-distance-fraction`` > 0 stops instead once the plain L2
+    distance exceeds that fraction of the radius (the variant fedforget used
+    before; 1.0 was its default); it needs ``stop-distance = 0``.
     """
     needs = Needs(
         target_online=True,
@@ -265,9 +300,18 @@ class PGA(TargetStepMethod):
     )
     reference = (
         "Halimi et al., Federated Unlearning: How to Efficiently Erase a Client in FL?, "
-        "arXiv 2207.05521 (2022)"
+        "arXiv 2207.05521 (2022); checked against IBM/federated-unlearning and the PUF "
+        "authors' port (alessiomora/puf_unlearning)"
     )
-    summary = "targets ascend their loss from the reference model, projected onto an L2 ball"
+    summary = (
+        "targets ascend their loss from the reference model, projected onto an L2 ball, "
+        "stopping after a small fixed move (squared distance 2.2) from their own model"
+    )
+    deviations = (
+        "size-weighted reference model (the paper's equal-weight form is wrong under "
+        "FedAvg); radius 1/3 of the mean distance to 3 random inits (the code: sqrt of a "
+        "third of the mean squared distance to 10)"
+    )
     client_step = staticmethod(pga_client_step)
 
     def __init__(self, context: MethodContext) -> None:
@@ -276,13 +320,23 @@ class PGA(TargetStepMethod):
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:
-        """Positive lr, clip and fraction, momentum in [0, 1), counts >= 1, radius >= 0."""
+        """Positive lr, clip and fraction, momentum in [0, 1), counts >= 1, distances >= 0.
+
+        At most one early stop: ``stop-distance`` or ``stop-distance-fraction``.
+        """
         for key in ("lr", "clip-norm", "radius-fraction"):
             if not _finite(settings[key]) or not float(settings[key]) > 0:
                 return f"pga.{key} must be a finite number > 0, got {settings[key]!r}"
-        for key in ("radius", "stop-distance-fraction"):
+        for key in ("radius", "stop-distance", "stop-distance-fraction"):
             if not _finite(settings[key]) or float(settings[key]) < 0:
                 return f"pga.{key} must be a finite number >= 0, got {settings[key]!r}"
+        if float(settings["stop-distance-fraction"]) > 0 and float(settings["stop-distance"]) > 0:
+            return (
+                "pga.stop-distance-fraction and pga.stop-distance are both set: the early stop "
+                "is now a fixed squared distance from the target's model (pga.stop-distance, "
+                "Halimi et al.: 2.2); to stop at a fraction of the radius as before, also set "
+                "pga.stop-distance = 0"
+            )
         if not _finite(settings["momentum"]) or not 0 <= float(settings["momentum"]) < 1:
             return f"pga.momentum must be in [0, 1), got {settings['momentum']!r}"
         for key in ("epochs", "random-inits"):

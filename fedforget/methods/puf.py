@@ -28,6 +28,17 @@ Which arrays change:
   FedAvg of ``S`` alone would give), or keeps ``w``'s if no client remains.
 
 Computation is in float64; results are cast back to each array's dtype.
+
+Checked against the paper's code (``alessiomora/puf_unlearning``,
+``main_puf.py``). Deviations, and why:
+
+* ``puf.source`` defaults to ``stored``: the target's latest update from its
+  last regular round, so that the target may be offline (the platform's
+  addition); the paper's code recomputes it in the unlearning round
+  (``source = "fresh"``, which the CIFAR and ProstateMRI configurations set);
+* running statistics are not negated (the TF code negated and scaled
+  BatchNorm moving statistics; the paper's ResNet-18 uses GroupNorm, which
+  has none).
 """
 
 from __future__ import annotations
@@ -265,7 +276,14 @@ class _Puf(FederatedMethod):
     }
     # The bound on eta is the operator's: a request's options may not raise it.
     run_only: ClassVar[frozenset[str]] = frozenset({"eta-max"})
-    reference = "Mora et al., IEEE Trans. Big Data, arXiv 2504.05822"
+    reference = (
+        "Mora et al., IEEE Trans. Big Data, arXiv 2504.05822; checked against "
+        "alessiomora/puf_unlearning"
+    )
+    deviations = (
+        "by default the target's stored latest update (puf.source='stored', the target may "
+        "be offline); the paper's code recomputes it (source='fresh')"
+    )
     mode: ClassVar[str]
 
     def __init__(self, context: MethodContext, store: PseudoGradientStore | None = None) -> None:
