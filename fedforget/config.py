@@ -526,6 +526,10 @@ KEY_HELP: dict[str, str] = {
         "Share of each target client's examples that carry the trigger (in (0, 1])."
     ),
     "local-epochs": "Local epochs of each client in a round.",
+    "local-epochs-fraction": (
+        "Train only this share of the local epochs' mini-batches (1: all; FedEraser's "
+        "calibration rounds use it for half an epoch)."
+    ),
     "batch-size": "Client mini-batch size.",
     "lr": "Client learning rate in round 1.",
     "lr-decay": "The learning rate in round t is `lr * lr-decay^(t-1)`.",

@@ -17,7 +17,7 @@ from fedforget.methods.pga import (
     reference_model,
 )
 from fedforget.task import client_data, model_with
-from fedforget.training import per_example_loss
+from fedforget.training import ClientOptimizer, per_example_loss
 
 CONFIG = TINY.replace(method="pga")
 
@@ -186,8 +186,6 @@ def ascent_distances(settings, radius=1e6):
     so large that no projection happens: every step's distance is the one the
     early stop checks.
     """
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
     from fedforget.methods.base import ClientData
     from fedforget.methods.pga import pga_client_step
 
@@ -205,24 +203,26 @@ def ascent_distances(settings, radius=1e6):
     target = {k: v.detach().clone() for k, v in model.named_parameters()}
     distances = []
 
-    def record(optimizer, args, kwargs):
-        params = optimizer.param_groups[0]["params"]
+    step = ClientOptimizer.step
+
+    def recorded_step(optimizer):
+        step(optimizer)
         distances.append(
             float(
                 sum(
                     ((p.detach() - t) ** 2).sum()
-                    for p, t in zip(params, target.values(), strict=True)
+                    for p, t in zip(optimizer.parameters, target.values(), strict=True)
                 )
             )
         )
 
-    handle = register_optimizer_step_post_hook(record)
+    ClientOptimizer.step = recorded_step  # the client step's optimiser (fedforget.training)
     try:
         pga_client_step(
             model, data, {**settings, "radius": radius}, {"target-model": target}, seed=3
         )
     finally:
-        handle.remove()
+        ClientOptimizer.step = step
     return distances
 
 
