@@ -458,7 +458,9 @@ def train_references(
         reference
         if reference is not None
         else train_phase(
-            grid, reference_config(reference_variant(config, index)), f"[reference {index}] "
+            grid,
+            reference_config(reference_variant(config, index)),
+            f"[reference {index}] " if index else "[reference] ",
         )
         for index, reference in enumerate(cached, start=first)
     ]
