@@ -120,6 +120,7 @@ _NOT_IN_REFERENCE_KEY = (
 )
 _NEWER_KEYS = (
     "data-seed",
+    "local-epochs-fraction",
     "backdoor-target-class",
     "backdoor-patch-size",
     "backdoor-patch-value",
