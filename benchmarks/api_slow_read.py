@@ -123,8 +123,8 @@ def measure(connections: int, pipelined: int, seconds: float) -> dict[str, Any]:
                     failures.append(type(error).__name__)
                 time.sleep(CALL_EVERY_S)
             stop.set()
-            attacker.join(timeout=30)
             stopped = time.monotonic()
+            attacker.join(timeout=30)
             while server.open_connections and time.monotonic() - stopped < RELEASE_TIMEOUT_S:
                 time.sleep(0.1)
             released_s = time.monotonic() - stopped

@@ -34,8 +34,9 @@ the transport's high-water mark unsent) or that stays closing with data unsent f
 is aborted, so that a client that never reads cannot hold a connection."""
 MAX_CONNECTIONS = 64
 """Open connections at most: a new one beyond it evicts another (those already closing, then
-stalled writers, then the longest idle, then the oldest request under way), never itself, so
-that a flood of idle, half-sent or never-read connections never locks out the token holder."""
+stalled writers, then those without an authorised request under way, oldest first, then the
+oldest authorised request), never itself, so that a flood of idle, half-sent or never-read
+connections never locks out the token holder."""
 MAX_HEADER_BYTES = 8 * 1024
 """Request line and headers larger than this are refused (h11's incomplete-event limit)."""
 MAX_REQUESTS_IN_PROGRESS = 4 * MAX_CONNECTIONS

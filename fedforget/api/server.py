@@ -14,8 +14,9 @@ response, and a body within ``REQUEST_BODY_TIMEOUT_S``; it must take its
 responses (a connection that reads nothing for ``WRITE_TIMEOUT_S`` once its
 send buffer is full is aborted); idle keep-alive connections close after
 ``KEEP_ALIVE_TIMEOUT_S``; at most ``MAX_CONNECTIONS`` are open, and a new
-one beyond that evicts another (closing, stalled, idle, then the oldest
-request), never itself, so requests sent promptly are always served.
+one beyond that evicts another (closing, stalled, without an authorised
+request, then the oldest authorised request), never itself, so requests
+sent promptly are always served.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class GuardedH11Protocol(H11Protocol):
         """Start the deadlines; make room if the connections are at the cap."""
         super().connection_made(transport)  # type: ignore[arg-type]
         now = time.monotonic()
-        self.idle_since = now
+        self.vouched_at = now
         self.busy_since = now
         self.stalled_since: float | None = None
         self.closing_since: float | None = None
@@ -109,9 +110,10 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         """After a response the next request head is due within the deadline too."""
+        if self._authorised():
+            self.vouched_at = time.monotonic()
         super().on_response_complete()
         if not self.transport.is_closing():
-            self.idle_since = time.monotonic()
             self._await_request_head()
         self._note_request()  # a pipelined request may have begun at once
 
@@ -140,20 +142,25 @@ class GuardedH11Protocol(H11Protocol):
     def eviction_rank(self) -> tuple[int, float]:
         """Which connection the cap closes first: the lowest rank, then the longest in it.
 
-        Closing (its owner is gone or it was told to go), stalled writer (the
-        client takes nothing), idle (no request under way), a request under
-        way without the token (a 401 or the public page), an authorised
-        request under way: a client without the token can never evict the
-        token holder's request while one of its own connections is open.
+        0: closing (its owner is gone or it was told to go), since when; 1:
+        stalled writer (the client takes nothing), since when; 2: no
+        authorised request under way (idle, a partial head, a 401, the public
+        page), since its last authorised response or its opening; 3: an
+        authorised request under way, since it began. A client without the
+        token therefore evicts its own older connections before the token
+        holder's new one, and never the holder's request.
         """
         if self.transport.is_closing():
             return 0, self.closing_since or time.monotonic()
         if self.stalled_since is not None:
             return 1, self.stalled_since
-        if self.is_idle():
-            return 2, self.idle_since
-        authorised = bool(self.cycle.scope.get(AUTHORISED_SCOPE_KEY))  # type: ignore[attr-defined]
-        return (4 if authorised else 3), self.busy_since
+        if not self.is_idle() and self._authorised():
+            return 3, self.busy_since
+        return 2, self.vouched_at
+
+    def _authorised(self) -> bool:
+        """Whether the current (or just answered) request carried the token."""
+        return self.cycle is not None and bool(self.cycle.scope.get(AUTHORISED_SCOPE_KEY))
 
     def _note_request(self) -> None:
         if self.cycle is not None and self.cycle is not self._cycle_seen:
