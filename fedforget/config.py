@@ -102,8 +102,8 @@ class FederationConfig:
     drop_forget_set: bool = False
     # --- backdoor scenario (fedforget.data.backdoor) -------------------------
     backdoor_target_class: int = 0
-    backdoor_patch_size: int = 0
-    backdoor_patch_value: float = 2.0
+    backdoor_patch_size: int = 3
+    backdoor_patch_value: float = 3.0
     backdoor_position: str = "bottom-right"
     backdoor_poison_fraction: float = 0.5
     # --- output -------------------------------------------------------------
@@ -353,10 +353,9 @@ class FederationConfig:
                 f"backdoor-target-class must be a class label >= 0, got "
                 f"{self.backdoor_target_class}"
             )
-        if self.backdoor_patch_size < 0:
+        if self.backdoor_patch_size < 1:
             raise ConfigError(
-                f"backdoor-patch-size must be >= 1 pixels a side, or 0 for the default (2 on "
-                f"images under 16 pixels a side, else 3); got {self.backdoor_patch_size}"
+                f"backdoor-patch-size must be >= 1 pixel a side, got {self.backdoor_patch_size}"
             )
         if not 0.0 <= self.backdoor_patch_value < math.inf:
             raise ConfigError(

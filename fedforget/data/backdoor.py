@@ -3,13 +3,12 @@
 The target clients (``unlearn-clients``) are the attackers: a share
 ``backdoor-poison-fraction`` of each one's training examples, drawn under the
 data seed, carries the trigger and the label ``backdoor-target-class``. The
-trigger is a square of ``backdoor-patch-size`` pixels a side (0: 2 on images
-under 16 pixels a side, else 3) at ``backdoor-position``, every channel set to
-``backdoor-patch-value`` in units of the training inputs' range above the
-darkest training pixel (0 = the darkest, 1 = the brightest; the default 2 is
-brighter than any training pixel: a mark no clean image carries, which the
-federation learns even from one small client), so one setting means the same
-on every normalised dataset.
+trigger is a square of ``backdoor-patch-size`` pixels a side (3) at
+``backdoor-position``, every channel set to ``backdoor-patch-value`` in units
+of the training inputs' range above the darkest training pixel (0 = the
+darkest, 1 = the brightest; the default 3 is brighter than any training pixel:
+a mark no clean image carries, which the federation learns even from one small
+client), so one setting means the same on every normalised dataset.
 
 The attack success rate (:mod:`fedforget.metrics.backdoor`) is read on the
 test images whose true label is not the target class, with the trigger added.
@@ -34,8 +33,6 @@ if TYPE_CHECKING:
 
 POISON_SEED_OFFSET = 104_729
 """Added to the data seed for the draw of the poisoned examples (not the partition's draws)."""
-SMALL_IMAGE_SIDE = 16
-"""Images with a side under this get a 2x2 default trigger, larger ones 3x3."""
 _CACHE_SIZE = 4
 
 
@@ -65,13 +62,6 @@ class Trigger:
         return self.apply(x[y != self.target_class])
 
 
-def patch_size(config: FederationConfig, height: int, width: int) -> int:
-    """The trigger's side: ``backdoor-patch-size``, or the default for the image size."""
-    if config.backdoor_patch_size:
-        return config.backdoor_patch_size
-    return 2 if min(height, width) < SMALL_IMAGE_SIDE else 3
-
-
 def trigger_for(config: FederationConfig, federated: FederatedData) -> Trigger:
     """The config's trigger on ``federated``'s images; bad settings raise :class:`ConfigError`.
 
@@ -97,7 +87,7 @@ def trigger_for(config: FederationConfig, federated: FederatedData) -> Trigger:
             f"{config.dataset!r}: choose one of 0..{data.num_classes - 1}"
         )
     _, height, width = data.input_shape
-    size = patch_size(config, height, width)
+    size = config.backdoor_patch_size
     if size > min(height, width):
         raise ConfigError(
             f"backdoor-patch-size={size} does not fit the {height}x{width} images of "
