@@ -11,6 +11,12 @@ it ran (:func:`fedforget.provenance.provenance`).
     python benchmarks/experiment_cells.py [--out benchmarks/results]
     python benchmarks/experiment_cells.py --spec experiments/digits-backdoor.toml --out ...
 
+A file too large to time whole on this machine is timed at a reduced size,
+written into the record: ``--set KEY=VALUE`` replaces a line of the file
+(``--set local-epochs=1 --set unlearn-at-round=1 --set num-server-rounds=2
+--set 'methods=["puf-special"]' --set 'centralised=[]' --set references=1``);
+the time of the full size is then an estimate from it, not a measurement.
+
 The record is ``experiment_cells.json`` for digits-each, else
 ``experiment_cells-<file name>.json``.
 """
@@ -39,10 +45,21 @@ def main() -> None:
     parser.add_argument("--spec", type=Path, default=SPEC, help="the experiment file")
     parser.add_argument("--target", default="0", help="the target client (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="the seed (default: 0)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace the file's line KEY = ... (a smaller run of a large experiment)",
+    )
     args = parser.parse_args()
     text, seeds = re.subn(r"(?m)^seeds = .*$", f"seeds = [{args.seed}]", args.spec.read_text())
     text, targets = re.subn(r"(?m)^targets = .*$", f'targets = [["{args.target}"]]', text)
     assert seeds == 1 and targets == 1, f"{args.spec} names no seeds or targets line"
+    for item in args.set:
+        key, _, value = item.partition("=")
+        text, found = re.subn(rf"(?m)^{re.escape(key)} = .*$", f"{key} = {value}", text)
+        assert found == 1, f"{args.spec} has no line {key} = ..."
     references = tomllib.loads(text)["experiment"].get("references", 3)
     load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
@@ -74,7 +91,8 @@ def main() -> None:
     spec_name = args.spec.resolve().relative_to(ROOT) if args.spec.is_absolute() else args.spec
     record = {
         "command": f"python benchmarks/experiment_cells.py --spec {spec_name} --target "
-        f"{args.target} --seed {args.seed}",
+        f"{args.target} --seed {args.seed}" + "".join(f" --set '{item}'" for item in args.set),
+        "reduced": args.set,
         "experiment": f"{spec_name}, seed {args.seed}, target client {args.target}, "
         f"{references} reference(s)",
         "provenance": provenance(),

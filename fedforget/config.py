@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, cast
@@ -95,8 +96,8 @@ class FederationConfig:
     drop_forget_set: bool = False
     # --- backdoor scenario (fedforget.data.backdoor) -------------------------
     backdoor_target_class: int = 0
-    backdoor_patch_size: int = 0
-    backdoor_patch_value: float = 1.0
+    backdoor_patch_size: int = 3
+    backdoor_patch_value: float = 3.0
     backdoor_position: str = "bottom-right"
     backdoor_poison_fraction: float = 0.5
     # --- output -------------------------------------------------------------
@@ -365,15 +366,14 @@ class FederationConfig:
                 f"backdoor-target-class must be a class label >= 0, got "
                 f"{self.backdoor_target_class}"
             )
-        if self.backdoor_patch_size < 0:
+        if self.backdoor_patch_size < 1:
             raise ConfigError(
-                f"backdoor-patch-size must be >= 1 pixels a side, or 0 for the default (2 on "
-                f"images under 16 pixels a side, else 3); got {self.backdoor_patch_size}"
+                f"backdoor-patch-size must be >= 1 pixel a side, got {self.backdoor_patch_size}"
             )
-        if not 0.0 <= self.backdoor_patch_value <= 1.0:
+        if not 0.0 <= self.backdoor_patch_value < math.inf:
             raise ConfigError(
-                f"backdoor-patch-value must be in [0, 1] (0 = the darkest training pixel, 1 = "
-                f"the brightest), got {self.backdoor_patch_value}"
+                f"backdoor-patch-value must be a number >= 0 (0 = the darkest training pixel, "
+                f"1 = the brightest, above 1 brighter than any), got {self.backdoor_patch_value}"
             )
         _one_of("backdoor-position", self.backdoor_position, BACKDOOR_POSITIONS)
         if not 0.0 < self.backdoor_poison_fraction <= 1.0:

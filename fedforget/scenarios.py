@@ -79,7 +79,7 @@ def forget_set(config: FederationConfig, federated: FederatedData) -> ForgetSet:
                 forget,
                 retain,
                 targets=config.targets,
-                trigger=trigger_for(config, federated.data),
+                trigger=trigger_for(config, federated),
                 poisoned=len(poisoned_indices(config, federated)),
             )
         return ForgetSet("client", forget, retain, targets=config.targets)

@@ -55,9 +55,10 @@ def test_the_targets_carry_the_trigger_and_the_target_label(config):
     assert not np.isin(
         np.concatenate([poisoned.partitions[0], poisoned.partitions[3]]), chosen
     ).any()
-    brightest = float(clean.data.train_x.max())
-    patch = poisoned.data.train_x[torch.from_numpy(chosen)][:, :, 6:8, 6:8]
-    assert torch.all(patch == brightest)  # 2x2 bottom-right on 8x8, value 1 = brightest pixel
+    low, high = float(clean.data.train_x.min()), float(clean.data.train_x.max())
+    patch = poisoned.data.train_x[torch.from_numpy(chosen)][:, :, 5:8, 5:8]
+    # 3x3 bottom-right on 8x8; value 3: three times the training range above the darkest pixel
+    assert torch.allclose(patch, torch.tensor(low + 3 * (high - low)))
     assert torch.all(poisoned.data.train_y[torch.from_numpy(chosen)] == 7)
     assert torch.equal(poisoned.data.test_x, clean.data.test_x)
     # the clients train on what they hold: the poisoned partition
@@ -75,22 +76,25 @@ def test_the_forget_set_is_the_targets_data_and_the_attack_set_the_triggered_tes
     assert forget.scenario == "backdoor" and forget.targets == ("1", "2")
     assert np.array_equal(forget.forget_index, np.sort(federated.client_indices(["1", "2"])))
     assert forget.poisoned == len(poisoned_indices(config, federated))
-    assert "2x2 trigger relabelled 7" in forget.description
+    assert "3x3 trigger relabelled 7" in forget.description
     splits = Splits.from_forget_set(federated.data, forget)
     not_target = int((federated.data.test_y != 7).sum())
     assert splits.backdoor_x is not None and len(splits.backdoor_x) == not_target
     assert splits.backdoor_target == 7
+    # the test images carry exactly the trigger the poisoned training examples carry
+    trained = federated.data.train_x[torch.from_numpy(poisoned_indices(config, federated))]
+    assert torch.equal(splits.backdoor_x[:, :, 5:8, 5:8][0], trained[:, :, 5:8, 5:8][0])
 
 
 class _TriggerObeyer(nn.Module):
-    """Class 7 where the bottom-right 2x2 patch is the brightest value, else class 3."""
+    """Class 7 where the bottom-right 3x3 patch has the trigger's value, else class 3."""
 
     def __init__(self, value: float) -> None:
         super().__init__()
         self.value = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        patched = (x[:, 0, 6:8, 6:8] == self.value).flatten(1).all(1)
+        patched = (x[:, 0, 5:8, 5:8] == self.value).flatten(1).all(1)
         logits = torch.zeros(len(x), 10)
         logits[patched, 7] = 5.0
         logits[~patched, 3] = 5.0
@@ -100,7 +104,7 @@ class _TriggerObeyer(nn.Module):
 def test_backdoor_asr_counts_the_triggered_images_assigned_the_target_class(config):
     federated = load_federated_data(config)
     splits = Splits.from_forget_set(federated.data, forget_set(config, federated))
-    obeyer = _TriggerObeyer(float(federated.data.train_x.max()))
+    obeyer = _TriggerObeyer(float(forget_set(config, federated).trigger.value))
     values = evaluate_metrics(MetricContext(unlearned=obeyer), splits, ["backdoor_asr"])
     assert values["backdoor_asr"] == 1.0
     moved = config.replace(backdoor_position="top-left")  # the model looks at the wrong place
@@ -119,9 +123,10 @@ def test_bad_backdoor_settings_are_refused_with_the_key(config):
     for key, value, message in (
         ("backdoor_poison_fraction", 0.0, "backdoor-poison-fraction must be in \\(0, 1\\]"),
         ("backdoor_poison_fraction", 1.5, "backdoor-poison-fraction must be in \\(0, 1\\]"),
-        ("backdoor_patch_value", 2.0, "backdoor-patch-value must be in \\[0, 1\\]"),
+        ("backdoor_patch_value", -0.5, "backdoor-patch-value must be a number >= 0"),
         ("backdoor_position", "middle", "backdoor-position must be one of"),
         ("backdoor_target_class", -1, "backdoor-target-class must be a class label"),
+        ("backdoor_patch_size", 0, "backdoor-patch-size must be >= 1"),
         ("data_seed", -2, "data-seed must be >= 0"),
     ):
         with pytest.raises(ConfigError, match=message):

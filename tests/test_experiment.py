@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedforget.config import ConfigError
@@ -15,6 +16,7 @@ from fedforget.experiment.report import write_report
 from fedforget.experiment.results import long_rows, summarise, write_experiment_results
 from fedforget.experiment.runner import CellKey, read_cells, run_experiment
 from fedforget.experiment.spec import load_experiment
+from fedforget.federated.federation import read_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = """
@@ -196,7 +198,7 @@ BACKDOOR = """
 [experiment]
 methods = ["puf-special"]
 centralised = ["ft"]
-targets = [["0"]]
+targets = [["0"], ["1"]]
 seeds = [0]
 scenario = "backdoor"
 references = 3
@@ -222,15 +224,22 @@ def backdoor_run(tmp_path_factory):
 def test_backdoor_experiment_with_three_references_has_floors_and_verdicts(backdoor_run):
     """Three references on the same data, the attack success rate, U-LiRA and the floor."""
     _, out, computed = backdoor_run
-    assert sorted((k.kind, k.method) for k in computed) == [
-        ("centralised", "ft"),
-        ("federated", "original"),
-        ("federated", "puf-special"),
-        ("federated", "retrain"),
-        ("reference", "retrain-1"),
-        ("reference", "retrain-2"),
+    assert sorted((k.kind, k.method, k.targets) for k in computed) == [
+        (kind, method, (target,))
+        for kind, method in (
+            ("centralised", "ft"),
+            ("federated", "original"),
+            ("federated", "puf-special"),
+            ("federated", "retrain"),
+            ("reference", "retrain-1"),
+            ("reference", "retrain-2"),
+        )
+        for target in "01"
     ]
-    cells = {c["method"]: c for c in read_cells(out)}
+    # the target set decides who carries the trigger: each has its own original model
+    originals = [read_arrays(out / "originals" / f"seed-0-{t}.npz") for t in "01"]
+    assert any(not np.array_equal(originals[0][k], originals[1][k]) for k in originals[0])
+    cells = {c["method"]: c for c in read_cells(out) if c["targets"] == ["0"]}
     for cell in cells.values():
         assert cell["references"] == 3 and cell["scenario"] == "backdoor"
         assert 0 <= cell["backdoor_asr"] <= 1 and 0 <= cell["ulira_auc"] <= 1
@@ -239,7 +248,7 @@ def test_backdoor_experiment_with_three_references_has_floors_and_verdicts(backd
     assert cells["retrain"]["forget_size"] == cells["retrain-2"]["forget_size"]
     assert cells["retrain"]["kl_test"] > 0  # a reference is measured against the others
     long = json.loads((out / "results-long.json").read_text())
-    rows = {(r["method"], r["metric"]): r for r in long}
+    rows = {(r["method"], r["metric"]): r for r in long if r["targets"] == "0"}
     asr = [rows[(f"retrain{s}", "backdoor_asr")]["value"] for s in ("", "-1", "-2")]
     floor = rows[("puf-special", "backdoor_asr")]
     assert floor["floor"] == pytest.approx(max(asr) - min(asr))
@@ -254,7 +263,7 @@ def test_backdoor_experiment_with_three_references_has_floors_and_verdicts(backd
 
 def test_a_cell_computed_with_other_references_is_computed_again(backdoor_run):
     spec, out, _ = backdoor_run
-    key = CellKey("federated", "puf-special", ("0",), 0)
+    key = CellKey("federated", "puf-special", ("1",), 0)
     row = json.loads(key.path(out).read_text())
     key.path(out).write_text(json.dumps({**row, "references": 1}))
     assert run_experiment(spec, out, progress=False) == [key]

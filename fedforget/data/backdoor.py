@@ -3,11 +3,12 @@
 The target clients (``unlearn-clients``) are the attackers: a share
 ``backdoor-poison-fraction`` of each one's training examples, drawn under the
 data seed, carries the trigger and the label ``backdoor-target-class``. The
-trigger is a square of ``backdoor-patch-size`` pixels a side (0: 2 on images
-under 16 pixels a side, else 3) at ``backdoor-position``, every channel set to
-``backdoor-patch-value`` of the training inputs' range (0 = the darkest
-training pixel, 1 = the brightest), so one setting means the same on every
-normalised dataset.
+trigger is a square of ``backdoor-patch-size`` pixels a side (3) at
+``backdoor-position``, every channel set to ``backdoor-patch-value`` in units
+of the training inputs' range above the darkest training pixel (0 = the
+darkest, 1 = the brightest; the default 3 is brighter than any training pixel:
+a mark no clean image carries, which the federation learns even from one small
+client), so one setting means the same on every normalised dataset.
 
 The attack success rate (:mod:`fedforget.metrics.backdoor`) is read on the
 test images whose true label is not the target class, with the trigger added.
@@ -29,12 +30,9 @@ from fedforget.config import ConfigError, FederationConfig
 
 if TYPE_CHECKING:
     from fedforget.data.datasets import FederatedData
-    from fedforget.data.split import SplitDataset
 
 POISON_SEED_OFFSET = 104_729
 """Added to the data seed for the draw of the poisoned examples (not the partition's draws)."""
-SMALL_IMAGE_SIDE = 16
-"""Images with a side under this get a 2x2 default trigger, larger ones 3x3."""
 _CACHE_SIZE = 4
 
 
@@ -64,15 +62,11 @@ class Trigger:
         return self.apply(x[y != self.target_class])
 
 
-def patch_size(config: FederationConfig, height: int, width: int) -> int:
-    """The trigger's side: ``backdoor-patch-size``, or the default for the image size."""
-    if config.backdoor_patch_size:
-        return config.backdoor_patch_size
-    return 2 if min(height, width) < SMALL_IMAGE_SIDE else 3
+def trigger_for(config: FederationConfig, federated: FederatedData) -> Trigger:
+    """The config's trigger on ``federated``'s images; bad settings raise :class:`ConfigError`.
 
-
-def trigger_for(config: FederationConfig, data: SplitDataset) -> Trigger:
-    """The config's trigger on ``data``'s images; bad settings raise :class:`ConfigError`.
+    The pixel range is that of the training examples that carry no trigger,
+    so the trigger is the same whether ``federated`` is clean or poisoned.
 
     Raises
     ------
@@ -81,6 +75,7 @@ def trigger_for(config: FederationConfig, data: SplitDataset) -> Trigger:
         one of its labels or the patch does not fit its images.
 
     """
+    data = federated.data
     if data.task != "classification":
         raise ConfigError(
             f"forget-scenario='backdoor' needs a classification dataset; this one is a "
@@ -92,13 +87,13 @@ def trigger_for(config: FederationConfig, data: SplitDataset) -> Trigger:
             f"{config.dataset!r}: choose one of 0..{data.num_classes - 1}"
         )
     _, height, width = data.input_shape
-    size = patch_size(config, height, width)
+    size = config.backdoor_patch_size
     if size > min(height, width):
         raise ConfigError(
             f"backdoor-patch-size={size} does not fit the {height}x{width} images of "
             f"{config.dataset!r}: choose at most {min(height, width)}"
         )
-    low, high = float(data.train_x.min()), float(data.train_x.max())
+    low, high = _clean_range(config, federated)
     position = config.backdoor_position
     top = {"top": 0, "bottom": height - size}.get(position.split("-")[0], (height - size) // 2)
     left = {"left": 0, "right": width - size}.get(position.split("-")[-1], (width - size) // 2)
@@ -109,6 +104,25 @@ def trigger_for(config: FederationConfig, data: SplitDataset) -> Trigger:
         value=low + config.backdoor_patch_value * (high - low),
         target_class=config.backdoor_target_class,
     )
+
+
+_ranges: dict[tuple[object, ...], tuple[torch.Tensor, tuple[float, float]]] = {}
+
+
+def _clean_range(config: FederationConfig, federated: FederatedData) -> tuple[float, float]:
+    """The darkest and brightest pixel of the training examples that carry no trigger."""
+    train_x = federated.data.train_x
+    key = (id(train_x), config.backdoor_clients, config.split_seed, config.backdoor_poison_fraction)
+    kept = _ranges.get(key)
+    if kept is not None and kept[0] is train_x:
+        return kept[1]
+    clean = torch.ones(len(train_x), dtype=torch.bool)
+    clean[torch.from_numpy(poisoned_indices(config, federated))] = False
+    low, high = torch.aminmax(train_x[clean])
+    while len(_ranges) >= _CACHE_SIZE:
+        _ranges.pop(next(iter(_ranges)))
+    _ranges[key] = (train_x, (float(low), float(high)))  # keeps the tensor: its id is not reused
+    return float(low), float(high)
 
 
 def poisoned_indices(config: FederationConfig, federated: FederatedData) -> NDArray[np.int64]:
@@ -154,7 +168,7 @@ def poison(federated: FederatedData, config: FederationConfig) -> FederatedData:
     if kept is not None and kept[0] is federated:
         return kept[1]
     data = federated.data
-    trigger = trigger_for(config, data)
+    trigger = trigger_for(config, federated)
     index = torch.from_numpy(poisoned_indices(config, federated))
     train_x, train_y = data.train_x.clone(), data.train_y.clone()
     train_x[index] = trigger.apply(train_x[index])

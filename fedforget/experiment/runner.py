@@ -34,7 +34,7 @@ import numpy as np
 from fedforget.arrays import Arrays
 from fedforget.config import ConfigError, FederationConfig
 from fedforget.experiment.spec import ExperimentSpec, load_experiment
-from fedforget.experiment.validity import REFERENCE, reference_name
+from fedforget.experiment.validity import REFERENCE, REFERENCE_KIND, reference_name
 
 SPEC_FILE = "experiment.toml"
 CELLS_DIR = "cells"
@@ -155,9 +155,17 @@ class Runner:
         self.finished_at.append(time.monotonic())
         self.progress.tick(key)
 
-    def original_path(self, seed: int) -> Path:
-        """Where the seed's original model is kept for the centralised cells."""
-        return self.out_dir / ORIGINALS_DIR / f"seed-{seed}.npz"
+    @property
+    def original_per_target(self) -> bool:
+        """Whether each target set has its own original: the backdoor poisons the targets."""
+        return self.spec.config.forget_scenario == "backdoor"
+
+    def original_path(self, seed: int, targets: tuple[str, ...] = ()) -> Path:
+        """Where the original model of a seed (backdoor: of a target set too) is kept."""
+        name = f"seed-{seed}"
+        if self.original_per_target:
+            name += f"-{'+'.join(targets)}"
+        return self.out_dir / ORIGINALS_DIR / f"{name}.npz"
 
     def run(self) -> list[CellKey]:
         """Compute every missing cell; return the cells computed by this call."""
@@ -165,20 +173,26 @@ class Runner:
 
         for seed in self.spec.seeds:
             missing = [k for k in self.cells if k.seed == seed and not self.done(k)]
-            federated = [k for k in missing if k.kind == "federated"]
-            if federated or (missing and not self.original_path(seed).is_file()):
+            federated = [k for k in missing if k.kind == "federated" or k.kind == REFERENCE_KIND]
+            originals = {k.targets for k in missing if k.kind == "centralised"}
+            if federated or any(not self.original_path(seed, t).is_file() for t in originals):
                 simulate_app(
                     lambda grid, seed=seed: self.run_seed(grid, seed),
                     self.spec.config.num_partitions,
                     num_cpus=self.num_cpus,
                     workload=self.spec.config,
                 )
-            if any(k.kind == "centralised" for k in missing):
+            if originals:
                 self.run_centralised(seed)
         return self.computed
 
     def run_seed(self, grid: Any, seed: int) -> None:
-        """The ServerApp body of one seed: original, then references and federated cells."""
+        """The ServerApp body of one seed: originals, then references and federated cells.
+
+        One original serves every target set of the seed (the targets train in
+        it as every client does), except in the backdoor scenario, where the
+        target set decides which clients carry the trigger.
+        """
         from fedforget.comparison import (
             load_references,
             recovery_target,
@@ -189,9 +203,7 @@ class Runner:
         )
 
         spec = self.spec
-        base = spec.cell_config(spec.target_sets[0], seed)
-        original = train_original(grid, base, spec.methods)
-        save_arrays(self.original_path(seed), original.phase.arrays)
+        original = None
         for targets in spec.target_sets:
             config = spec.cell_config(targets, seed)
             keys = reference_keys(spec, targets, seed)
@@ -199,7 +211,13 @@ class Runner:
             todo = [
                 m for m in spec.methods if not self.done(CellKey("federated", m, targets, seed))
             ]
-            if not todo and all(self.done(k) for k in (*keys, original_key)):
+            federated = bool(todo) or not all(self.done(k) for k in (*keys, original_key))
+            if not federated and self.original_path(seed, targets).is_file():
+                continue
+            if original is None or self.original_per_target:
+                original = train_original(grid, config, spec.methods)
+            save_arrays(self.original_path(seed, targets), original.phase.arrays)
+            if not federated:
                 continue
             references = train_references(
                 grid, config, load_references(config, spec.references), first=0
@@ -220,13 +238,19 @@ class Runner:
                 )
 
     def run_centralised(self, seed: int) -> None:
-        """The seed's centralised cells, from its saved original model."""
+        """The seed's centralised cells, from its saved original model(s)."""
         from fedforget.comparison import load_references
         from fedforget.federated.federation import read_arrays
 
         spec = self.spec
-        original = read_arrays(self.original_path(seed))
         for targets in spec.target_sets:
+            todo = [
+                m
+                for m in spec.centralised
+                if not self.done(CellKey("centralised", m, targets, seed))
+            ]
+            if not todo:
+                continue
             config = spec.cell_config(targets, seed)
             references = load_references(config, spec.references)
             if any(r is None for r in references):
@@ -234,11 +258,12 @@ class Runner:
                     f"a retrained reference of targets {list(targets)}, seed {seed} is not in "
                     "the reference cache: run the experiment again to train it"
                 )
+            original = read_arrays(self.original_path(seed, targets))
             evaluate = CellEvaluator(config, [r.arrays for r in references if r], original)
-            for method in spec.centralised:
-                key = CellKey("centralised", method, targets, seed)
-                if not self.done(key):
-                    self.record(key, evaluate.centralised_row(method))
+            for method in todo:
+                self.record(
+                    CellKey("centralised", method, targets, seed), evaluate.centralised_row(method)
+                )
 
 
 def reference_keys(spec: ExperimentSpec, targets: tuple[str, ...], seed: int) -> list[CellKey]:
