@@ -508,8 +508,8 @@ KEY_HELP: dict[str, str] = {
     "min-partition-size": "Smallest partition the Dirichlet partitioner accepts.",
     "test-fraction": "Share of the data held out as the server's test set (in (0, 1)).",
     "seed": (
-        "Seeds the test split, the partition, the initial model, client training and client "
-        "sampling."
+        "Seeds the initial model, client training and client sampling, and the test split "
+        "and the partition while `data-seed` is -1."
     ),
     "model": "The model the clients train.",
     "data-seed": (
@@ -518,9 +518,12 @@ KEY_HELP: dict[str, str] = {
     ),
     "backdoor-target-class": "The label the trigger carries in the `backdoor` scenario.",
     "backdoor-patch-size": (
-        "Side of the square trigger in pixels (0: 2 on images under 16 pixels a side, else 3)."
+        "Side of the square trigger in pixels (it must fit the images)."
     ),
-    "backdoor-patch-value": "Pixel value of the trigger, in [0, 1] of the image's range.",
+    "backdoor-patch-value": (
+        "Pixel value of the trigger in units of the training inputs' range above the "
+        "darkest pixel (0: the darkest, 1: the brightest; 3 is brighter than any clean image)."
+    ),
     "backdoor-position": "Corner of the image the trigger sits in.",
     "backdoor-poison-fraction": (
         "Share of each target client's examples that carry the trigger (in (0, 1])."
