@@ -16,6 +16,8 @@ written into the record: ``--set KEY=VALUE`` replaces a line of the file
 (``--set local-epochs=1 --set unlearn-at-round=1 --set num-server-rounds=2
 --set 'methods=["puf-special"]' --set 'centralised=[]' --set references=1``);
 the time of the full size is then an estimate from it, not a measurement.
+``--keep DIR`` keeps the run in DIR (``fedforget report DIR/out`` then shows
+its metrics).
 
 The record is ``experiment_cells.json`` for digits-each, else
 ``experiment_cells-<file name>.json``.
@@ -52,6 +54,12 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="replace the file's line KEY = ... (a smaller run of a large experiment)",
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="write the run (cells, references, cache) here instead of a temporary folder, "
+        "so that `fedforget report KEEP/out` reads its metrics",
+    )
     args = parser.parse_args()
     text, seeds = re.subn(r"(?m)^seeds = .*$", f"seeds = [{args.seed}]", args.spec.read_text())
     text, targets = re.subn(r"(?m)^targets = .*$", f'targets = [["{args.target}"]]', text)
@@ -62,7 +70,9 @@ def main() -> None:
         assert found == 1, f"{args.spec} has no line {key} = ..."
     references = tomllib.loads(text)["experiment"].get("references", 3)
     load_at_start = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = str(args.keep) if args.keep else temporary
+        Path(folder).mkdir(parents=True, exist_ok=True)
         os.environ["FEDFORGET_CACHE"] = str(Path(folder) / "cache")
         from fedforget.experiment.runner import Runner, prepare
 
