@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -47,6 +48,21 @@ def test_fashion_mnist_reads_gzipped_idx_files(fashion_dir):
 def test_fashion_mnist_missing_files_say_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", str(tmp_path))
+
+
+DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(DEBIAN_FASHION), reason="apt-get install dataset-fashion-mnist (.ci/run does)"
+)
+def test_debians_fashion_mnist_loads_at_size(tmp_path, monkeypatch):
+    """The real 60,000 + 10,000 images of the experiments at size, balanced classes."""
+    monkeypatch.setenv("FEDFORGET_CACHE", str(tmp_path / "cache"))
+    data = load_dataset("fashion-mnist", DEBIAN_FASHION)
+    assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
+    assert np.bincount(data.train_y.numpy()).tolist() == [6000] * 10
+    assert np.bincount(data.test_y.numpy()).tolist() == [1000] * 10
 
 
 def test_digits_split_is_stratified_and_seeded():
