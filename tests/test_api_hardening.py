@@ -497,10 +497,10 @@ class IdleStep(FederatedMethod):
     name = "idle-step"
     table = "idle-step"
 
-    def plan(self, step, global_arrays, remaining, index):
+    def plan(self, step, state, global_arrays, remaining):
         return RoundPlan(global_arrays)
 
-    def apply(self, step, global_arrays, plan, updates):
+    def apply(self, step, state, global_arrays, plan, updates):
         return StepResult({k: v.copy() for k, v in global_arrays.items()})
 
 
@@ -509,9 +509,10 @@ def one_step(strategy, method, targets, settings, updates=()):
     before = method.context.initial_arrays
     request = strategy.requests.submit(UnlearningRequest(targets, method=method.name))
     step = UnlearningStep((request,), method.name, targets, settings, 3)
-    strategy._active = _ActiveStep(step, method, before, 0)
+    state = method.begin(step, before)
+    strategy._active = _ActiveStep(step, method, before, 0, state)
     strategy._global = before
-    strategy._plan = method.plan(step, before, ["0", "2"], 0)
+    strategy._plan = method.plan(step, state, before, ["0", "2"])
     strategy.rounds.append(RoundRecord(3, "unlearn", [], method=method.name))
     after = strategy._step_round(3, list(updates))
     return strategy.requests.get(request.request_id), before, after

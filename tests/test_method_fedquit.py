@@ -22,9 +22,9 @@ class RecordingFedQUIT(FedQUIT):
         super().__init__(context)
         self.updates = []
 
-    def apply(self, step, global_arrays, plan, updates):
+    def apply(self, step, state, global_arrays, plan, updates):
         self.updates.extend(updates)
-        return super().apply(step, global_arrays, plan, updates)
+        return super().apply(step, state, global_arrays, plan, updates)
 
 
 def test_teacher_puts_the_minimum_logit_on_the_true_class():

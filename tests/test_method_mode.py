@@ -53,12 +53,14 @@ def run_step(settings, remaining=("0", "2", "3")):
     step = UnlearningStep((), "mode", ("1",), {**MoDe.defaults, **settings}, first_round=21)
     model = {"w": np.ones((2, 3), np.float32), "steps": np.array(7)}
     rounds = []
-    for index in range(100):
-        plan = method.plan(step, model, list(remaining), index)
+    state = method.begin(step, model)
+    for _ in range(100):
+        plan = method.plan(step, state, model, list(remaining))
         updates = [toy_update(c, 0.1 * int(c) + 0.05, EXAMPLES[c]) for c in plan.clients]
-        result = method.apply(step, model, plan, updates)
+        result = method.apply(step, state, model, plan, updates)
         rounds.append((plan, model, result.arrays))
         model = result.arrays
+        state.index += 1  # as the spine does after each round
         if result.done:
             return method, rounds
     raise AssertionError("the step never completed")
@@ -74,7 +76,7 @@ def test_the_published_step_is_6_degradation_rounds_within_10_fedavg_guidance_ro
     assert len(rounds) == 16
     kinds = ["degrade" if "degradation" not in p.extra else "guide" for p, _, _ in rounds]
     assert tuple(kinds) == phases
-    assert method.degradation == {} and method.phases == ()  # dropped with the step
+    assert vars(method) == {"context": method.context}  # the step's state is not the method's
 
 
 def test_guidance_rounds_train_every_client_and_weigh_the_target_n_u_over_n():
@@ -98,13 +100,14 @@ def test_degradation_rounds_train_w_de_undecayed_and_pull_the_model_towards_it()
     method = MoDe(toy_context())
     step = UnlearningStep((), "mode", ("1",), dict(MoDe.defaults), first_round=21)
     model = {"w": np.ones((2, 3), np.float32), "steps": np.array(7)}
-    plan = method.plan(step, model, ["0", "2", "3"], 0)
+    state = method.begin(step, model)
+    plan = method.plan(step, state, model, ["0", "2", "3"])
     w_de = toy_context().random_arrays(degradation_seed(0, 21))
     np.testing.assert_array_equal(plan.arrays["w"], w_de["w"])
     assert plan.clients == {"0": "train", "2": "train", "3": "train"}
     assert plan.config == {"lr-decay": 1.0}  # the port trains w_de at the base lr
     updates = [toy_update(c, 0.1 * int(c), EXAMPLES[c]) for c in plan.clients]
-    result = method.apply(step, model, plan, updates)
+    result = method.apply(step, state, model, plan, updates)
     trained = fedavg(plan.arrays, updates)
     expected = MOMENTUM * model["w"] + (1 - MOMENTUM) * trained["w"]
     np.testing.assert_allclose(result.arrays["w"], expected, rtol=1e-6)

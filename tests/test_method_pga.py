@@ -31,15 +31,15 @@ class RecordingPGA(PGA):
         self.plans = []
         self.updates = []
 
-    def plan(self, step, global_arrays, remaining, index):
+    def plan(self, step, state, global_arrays, remaining):
         self.stored_at_step = dict(self.local_models)
-        plan = super().plan(step, global_arrays, remaining, index)
+        plan = super().plan(step, state, global_arrays, remaining)
         self.plans.append(plan)
         return plan
 
-    def apply(self, step, global_arrays, plan, updates):
+    def apply(self, step, state, global_arrays, plan, updates):
         self.updates.extend(updates)
-        return super().apply(step, global_arrays, plan, updates)
+        return super().apply(step, state, global_arrays, plan, updates)
 
 
 def distance(a, b):

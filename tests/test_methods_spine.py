@@ -20,6 +20,7 @@ from fedforget.methods.base import (
     Needs,
     RoundPlan,
     StepResult,
+    StepState,
     UnlearningStep,
 )
 from fedforget.models import first_conv_key
@@ -38,13 +39,18 @@ class ToyShift(FederatedMethod):
     needs = Needs(concurrent=False)
 
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         return RoundPlan(global_arrays)
 
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],
