@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from fedforget.arrays import Arrays
+from fedforget.constants import ConfigValue
 from fedforget.state.store import InMemoryPseudoGradientStore, PseudoGradientStore
 
 if TYPE_CHECKING:  # the server-side arithmetic needs no torch; client steps bring it
     import torch
     from torch import nn
 
-ConfigValue = int | float | str | bool
 TRAIN_ACTION = "train"
 """The ordinary local training every ClientApp runs."""
 
