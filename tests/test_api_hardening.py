@@ -698,7 +698,7 @@ strategy = build_strategy(config)
 method = strategy.methods["puf-special"]
 before = method.context.initial_arrays
 step = UnlearningStep(tuple(strategy.requests.all()), "puf-special", ("1", "2"), {}, 3)
-strategy._active = _ActiveStep(step, method, before, 0)
+strategy._active = _ActiveStep(step, method, before, 0, method.begin(step, before))
 commits = 0
 
 def trace(statement):

@@ -13,8 +13,8 @@ import pytest
 from api_support import Driver, wait_for_api, wait_for_round_start
 from flwr.app import ConfigRecord
 from flwr.serverapp import ServerApp
-from flwr.simulation import run_simulation
 from harness import RecordingStore
+from ray_support import run_app
 
 from fedforget.api.client import UnlearningClient
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
@@ -30,7 +30,7 @@ from fedforget.federated.federation import (
 )
 from fedforget.federated.strategy import UnlearningStrategy
 from fedforget.methods.puf import PufSpecial
-from fedforget.simulation import backend_config, simulate
+from fedforget.simulation import simulate
 from fedforget.task import model_arrays, new_model
 
 LIVE = FederationConfig(
@@ -87,9 +87,7 @@ def run_with_api(config: FederationConfig, scenario) -> LiveRun:
 
     driver = Driver(lambda: scenario(wait_for_api(Path(config.state_dir))))
     driver.start()
-    run_simulation(
-        server, client_app, num_supernodes=config.num_partitions, backend_config=backend_config(2)
-    )
+    run_app(server, client_app, config.num_partitions)
     run = captured["run"]
     run.api = driver.outcome()
     return run
