@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,9 +42,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@dataclass(frozen=True)
+class SharedRay:
+    """The session's Ray head: its address ``host:port`` and its ``ray start`` process."""
+
+    address: str
+    pid: int
+
+
 @pytest.fixture(scope="session")
-def shared_ray() -> Iterator[str]:
-    """One Ray head for the session's ``ray`` tests, on loopback; its address ``host:port``.
+def shared_ray() -> Iterator[SharedRay]:
+    """One Ray head for the session's ``ray`` tests, on loopback.
 
     A ``ray start --block`` process of its own (stopped by process group, never
     ``ray stop``), with multi-node clusters off, as
@@ -66,7 +75,7 @@ def shared_ray() -> Iterator[str]:
         env={RAY_CLUSTERS_ENV: "0"},
     )
     try:
-        yield f"{LOOPBACK}:{port}"
+        yield SharedRay(f"{LOOPBACK}:{port}", head.pid)
     finally:
         stop_node(head)
         shutil.rmtree(root, ignore_errors=True)
@@ -79,6 +88,6 @@ def _ray_of_the_session(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
 
     node = request.node
     if node.get_closest_marker("ray") and not node.get_closest_marker("private_ray"):
-        monkeypatch.setenv(RAY_ADDRESS_ENV, request.getfixturevalue("shared_ray"))
+        monkeypatch.setenv(RAY_ADDRESS_ENV, request.getfixturevalue("shared_ray").address)
     else:
         monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)

@@ -33,6 +33,8 @@ from fedforget.methods.puf import PufSpecial
 from fedforget.simulation import simulate
 from fedforget.task import model_arrays, new_model
 
+pytestmark = pytest.mark.ray
+
 LIVE = FederationConfig(
     num_partitions=3,
     local_epochs=2,
@@ -338,7 +340,7 @@ def test_two_requests_in_one_round_are_one_step_and_another_method_waits(tmp_pat
 
     driver = Driver(lambda: scenario(wait_for_api(Path(config.state_dir))))
     driver.start()
-    simulate(config, num_cpus=2)
+    simulate(config)
     api = driver.outcome()
 
     s = api["observed"]

@@ -34,6 +34,8 @@ from fedforget.federated.records import FederationStatus
 from fedforget.requests import UnlearningRequest
 from fedforget.task import evaluate_global_metrics, model_arrays, new_model
 
+pytestmark = pytest.mark.ray
+
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,

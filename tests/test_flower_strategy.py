@@ -93,6 +93,7 @@ def quickstart_client_app() -> ClientApp:
     return app
 
 
+@pytest.mark.ray
 def test_an_unmodified_client_app_is_forgotten_over_the_api_with_its_update_negated(tmp_path):
     """A request posted over HTTP for a node-keyed client: w4 = w3 - 2 * its stored update."""
     from fedforget.api.client import UnlearningClient
@@ -145,6 +146,7 @@ def test_an_unmodified_client_app_is_forgotten_over_the_api_with_its_update_nega
     assert not (state_dir / "api.json").exists()  # the API stopped with the run
 
 
+@pytest.mark.slow
 def test_the_example_flower_app_runs_with_flwr_run_and_negates_the_forgotten_update(
     tmp_path, monkeypatch
 ):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("flwr_datasets", "datasets", "monai", "fastapi", "uvicorn", "sklearn", "torchvision")
 """Packages a digits ClientApp must not load (once the data cache is prepared)."""

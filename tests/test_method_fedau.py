@@ -44,6 +44,7 @@ def auxiliary_model(global_arrays):
     return model_arrays(model)
 
 
+@pytest.mark.ray
 def test_only_the_target_takes_part_with_the_fedau_action(run):
     """The unlearning round asks the target alone, with its client step, for 10 head epochs."""
     record = run.strategy.rounds[UNLEARN_ROUND - 1]
@@ -56,6 +57,7 @@ def test_only_the_target_takes_part_with_the_fedau_action(run):
     assert event.first_round == event.server_round == UNLEARN_ROUND
 
 
+@pytest.mark.ray
 def test_new_head_is_the_convex_mix_and_the_rest_is_unchanged(run):
     """Head = 0.04 x previous head + 0.96 x the target's head; every other array as before."""
     before, after = run.models[UNLEARN_ROUND - 1], run.models[UNLEARN_ROUND]

@@ -237,6 +237,7 @@ def federaser_run():
     return simulate_strategy(CONFIG)
 
 
+@pytest.mark.ray
 def test_step_replays_the_second_kept_round_with_the_remaining_clients_at_half_an_epoch(
     federaser_run,
 ):
@@ -251,6 +252,7 @@ def test_step_replays_the_second_kept_round_with_the_remaining_clients_at_half_a
     assert record.client_epochs == 0.5 * 2  # half of local-epochs=1, two clients
 
 
+@pytest.mark.ray
 def test_every_applied_update_has_its_stored_norm(federaser_run):
     method = federaser_run.method("federaser")
     kept = {r.server_round: r for r in method.history}
@@ -261,6 +263,7 @@ def test_every_applied_update_has_its_stored_norm(federaser_run):
         assert c.applied_norm == pytest.approx(c.stored_norm, rel=1e-5)
 
 
+@pytest.mark.ray
 def test_the_step_is_round_1_reused_then_round_3_calibrated_for_half_an_epoch(federaser_run):
     """Recompute the step: round 1's FedAvg without the target, then half an epoch of the
     remaining clients' training (floor(batches / 2) mini-batches), rescaled, averaged."""
@@ -305,6 +308,7 @@ def test_the_step_is_round_1_reused_then_round_3_calibrated_for_half_an_epoch(fe
         torch.set_num_threads(threads)
 
 
+@pytest.mark.ray
 def test_history_drops_the_target_keeps_the_others_and_grows_per_kept_round(federaser_run):
     strategy, models = federaser_run.strategy, federaser_run.models
     method = federaser_run.method("federaser")

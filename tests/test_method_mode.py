@@ -200,6 +200,7 @@ def w_de():
     return fedavg(start, updates)
 
 
+@pytest.mark.ray
 def test_rounds_ask_the_remaining_clients_then_everyone(run):
     rounds = run.strategy.rounds
     degradation = rounds[DEGRADATION_ROUND - 1]
@@ -216,6 +217,7 @@ def test_rounds_ask_the_remaining_clients_then_everyone(run):
     assert rounds[4].phase == "recover" and rounds[4].participants == ["0", "2"]
 
 
+@pytest.mark.ray
 def test_degradation_round_is_a_momentum_step_towards_w_de(run, w_de):
     before, after = run.models[DEGRADATION_ROUND - 1], run.models[DEGRADATION_ROUND]
     for name, value in before.items():
@@ -226,6 +228,7 @@ def test_degradation_round_is_a_momentum_step_towards_w_de(run, w_de):
         np.testing.assert_allclose(after[name], expected, atol=1e-6, rtol=0, err_msg=name)
 
 
+@pytest.mark.ray
 def test_guidance_rounds_are_fedavg_of_everyone_with_the_target_on_pseudo_labels(run, w_de):
     """Each guidance round: FedAvg (n_k / N over all three) of the remaining clients'
     ordinary training and the target's training on w_de's labels."""

@@ -27,6 +27,8 @@ from fedforget.models import first_conv_key
 from fedforget.requests import UnlearningRequest
 from fedforget.task import model_arrays, model_with, new_model, train_client
 
+pytestmark = pytest.mark.ray
+
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 

@@ -71,6 +71,7 @@ def ray_cluster() -> Iterator[RayCluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.private_ray
 def test_run_on_a_two_node_cluster_uses_both_nodes_and_matches_a_private_run(
     ray_cluster, monkeypatch, caplog
 ):
