@@ -82,12 +82,23 @@ def shared_ray() -> Iterator[SharedRay]:
 
 
 @pytest.fixture(autouse=True)
-def _ray_of_the_session(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ray`` tests attach to the shared head; every other test sees no ``RAY_ADDRESS``."""
-    from fedforget.simulation import RAY_ADDRESS_ENV
+def _ray_of_the_session(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """``ray`` tests attach to the shared head; every other test sees no ``RAY_ADDRESS``.
+
+    A ``ray`` test's drivers (this process, and the processes it starts, which
+    inherit the variable) run with multi-node clusters off, as the head does:
+    else Ray takes the machine's network address as this node's and finds no
+    raylet there.
+    """
+    from fedforget.simulation import RAY_ADDRESS_ENV, ray_on_loopback
 
     node = request.node
     if node.get_closest_marker("ray") and not node.get_closest_marker("private_ray"):
         monkeypatch.setenv(RAY_ADDRESS_ENV, request.getfixturevalue("shared_ray").address)
+        with ray_on_loopback():
+            yield
     else:
         monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)
+        yield
