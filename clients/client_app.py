@@ -21,6 +21,7 @@ from fedforget import timing
 from fedforget.client_identity import identity, identity_reply, partition_id
 from fedforget.config import FederationConfig
 from fedforget.methods import method_class, method_names
+from fedforget.methods.base import method_settings
 from fedforget.protocol import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -37,6 +38,9 @@ from fedforget.protocol import (
 if TYPE_CHECKING:
     from torch import nn
 
+    from fedforget.constants import ConfigValue
+    from fedforget.methods.base import FederatedMethod
+
 # torch, the data and the task code load in the handlers that need them (fedforget.task):
 # a ClientApp process serves one message, and an identity query needs none of them.
 
@@ -44,22 +48,39 @@ app = ClientApp()
 
 
 def task_config(message: Message) -> FederationConfig:
-    """The run configuration the server sent with this message.
+    """The run configuration the server sent with this message (its client section).
 
-    Parsed once per distinct configuration in a process: a simulation's Ray
-    actor receives the same one in every round (only the round differs).
+    Method settings (dotted keys: a step's table, see :func:`step_settings`)
+    are not part of it, so that building it imports no method. Parsed once
+    per distinct configuration in a process: a simulation's Ray actor
+    receives the same one in every round (only the round differs).
     """
     record = message.content[CONFIG_KEY]
-    items = tuple(sorted((k, v) for k, v in record.items() if k != ROUND_KEY))
+    items = tuple(sorted((k, v) for k, v in record.items() if k != ROUND_KEY and "." not in k))
     try:
         return _parse_config(items)
     except TypeError:  # a list value cannot key the memo: parse it every time
-        return FederationConfig.from_run_config(dict(items), known_tables_only=True)
+        return FederationConfig.from_run_config(dict(items))
 
 
 @functools.lru_cache(maxsize=8)
 def _parse_config(items: tuple[tuple[str, object], ...]) -> FederationConfig:
-    return FederationConfig.from_run_config(dict(items), known_tables_only=True)
+    return FederationConfig.from_run_config(dict(items))
+
+
+def step_settings(method: type[FederatedMethod], message: Message) -> dict[str, ConfigValue]:
+    """The settings of the step ``message`` belongs to: its method's table in the message.
+
+    The server sends every setting of the step (the run's, with the request's
+    options applied); a key the message lacks takes the method's default.
+    """
+    prefix = f"{method.table}."
+    given = {
+        key.removeprefix(prefix): value
+        for key, value in message.content[CONFIG_KEY].items()
+        if key.startswith(prefix)
+    }
+    return method_settings(method, given)  # type: ignore[arg-type]
 
 
 def model_reply(
@@ -148,7 +169,7 @@ def train_step(name: str, message: Message, context: Context) -> Message:
             if key.startswith(STEP_ARRAYS_PREFIX)
         }
         mark("arrays-in")
-        settings = config.settings_of(method.table)
+        settings = step_settings(method, message)
         seed = client_seed(config, server_round, pid)
         loss = method.client_step(model, data, settings, extra, seed)
         model.to("cpu")

@@ -10,6 +10,12 @@ Each unlearning method's own settings live in its table (``puf.eta-special``,
 ``pga.lr``; ``[tool.flwr.app.config.puf]`` in ``pyproject.toml``, which Flower
 flattens to dotted keys). The method classes declare them and their defaults
 (:mod:`fedforget.methods`); a config keeps only the values that differ.
+
+The vocabulary (value sets, :class:`ConfigError`) lives in
+:mod:`fedforget.constants`, which imports nothing. This module imports the
+method registry only where method tables are read: a config without method
+settings (what a ClientApp builds from its section, :meth:`FederationConfig.client_section`)
+imports no method's module, and no torch.
 """
 
 from __future__ import annotations
@@ -21,27 +27,38 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
+from fedforget.constants import (
+    BACKDOOR_POSITIONS,
+    CLIENT_SCENARIOS,
+    DEVICES,
+    FORGET_SCENARIOS,
+    OPTIMIZERS,
+    PARTITIONERS,
+    SERVER_KEYS,
+    STORE_DTYPES,
+    STORE_KINDS,
+    ConfigError,
+    ConfigValue,
+)
 from fedforget.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
-PARTITIONERS = ("dirichlet", "iid", "file", "natural")
-FORGET_SCENARIOS = ("client", "random", "class", "backdoor")
-CLIENT_SCENARIOS = ("client", "backdoor")
-"""Scenarios whose forget set is whole clients' data (what federated methods forget)."""
-BACKDOOR_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "centre")
-"""Where the backdoor trigger sits (``backdoor-position``)."""
-OPTIMIZERS = ("sgd", "adam", "adamw")
-DEVICES = ("auto", "cpu", "cuda")
-STORE_KINDS = ("memory", "disk")
-"""Where PUF keeps pseudo-gradients (``store``): in memory (and the checkpoint), or on disk."""
-STORE_DTYPES = ("float32", "float16")
-"""Dtype of stored pseudo-gradients (``store-dtype``)."""
-
-
-ConfigValue = int | float | str | bool
-
-
-class ConfigError(ValueError):
-    """An invalid run configuration; the message names the offending key."""
+__all__ = [  # the vocabulary lives in fedforget.constants; importers of fedforget.config see it
+    "BACKDOOR_POSITIONS",
+    "CLIENT_SCENARIOS",
+    "DEVICES",
+    "FORGET_SCENARIOS",
+    "KEY_HELP",
+    "OPTIMIZERS",
+    "PARTITIONERS",
+    "SERVER_KEYS",
+    "STORE_DTYPES",
+    "STORE_KINDS",
+    "ConfigError",
+    "ConfigValue",
+    "FederationConfig",
+    "import_plugins",
+    "parse_client_ids",
+]
 
 
 def parse_client_ids(text: str) -> tuple[str, ...]:
@@ -135,25 +152,19 @@ class FederationConfig:
         return attribute.replace("_", "-")
 
     @classmethod
-    def from_run_config(
-        cls, run_config: Mapping[str, Any], *, known_tables_only: bool = False
-    ) -> FederationConfig:
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
         """Build and validate a config from a Flower run config (hyphenated keys).
 
         Missing keys take their defaults; unknown keys and values of the wrong
-        type raise :class:`ConfigError` naming the key. With
-        ``known_tables_only`` (ClientApps), settings of method tables this
-        process does not know are ignored: a plug-in registered in the server
-        process alone has no client step, so its settings mean nothing here.
+        type raise :class:`ConfigError` naming the key. Method settings
+        (dotted keys) are checked against the method tables, which imports
+        the methods' modules; a run config without any imports none.
         """
         plugins = run_config.get(cls.key("plugins"), "")
         import_plugins(plugins if isinstance(plugins, str) else "")  # before any name is read
         known = {cls.key(f.name): f for f in fields(cls) if f.name != "method_settings"}
         dotted = {k: v for k, v in run_config.items() if "." in k}
         unknown = sorted(set(run_config) - set(known) - set(dotted) - {"server-round"})
-        if known_tables_only:
-            tables = {key.split(".", 1)[0] for key in _method_defaults()}
-            dotted = {k: v for k, v in dotted.items() if k.split(".", 1)[0] in tables}
         if unknown:
             raise ConfigError(
                 f"unknown configuration key(s) {', '.join(unknown)}; "
@@ -166,7 +177,7 @@ class FederationConfig:
                 continue
             f = known[key]
             values[f.name] = _coerce(key, value, type(f.default))
-        values["method_settings"] = _method_overrides(dotted)
+        values["method_settings"] = _method_overrides(dotted) if dotted else ()
         config = cls(**values)
         config.validate()
         return config
@@ -179,6 +190,20 @@ class FederationConfig:
             if f.name != "method_settings"
         }
         return {**flat, **_method_defaults(), **dict(self.method_settings)}
+
+    def client_section(self) -> dict[str, ConfigValue]:
+        """What a ClientApp message carries: the run config less the server's keys.
+
+        No method settings (a step's message adds its own table's, see
+        :meth:`fedforget.federated.UnlearningStrategy.configure_train`) and none of
+        :data:`~fedforget.constants.SERVER_KEYS`; a ClientApp builds its config
+        from it (:meth:`from_run_config`) without importing any method.
+        """
+        return {
+            self.key(f.name): cast(ConfigValue, getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "method_settings" and self.key(f.name) not in SERVER_KEYS
+        }
 
     def settings_of(self, table: str) -> dict[str, ConfigValue]:
         """The run's values of a method table's keys (``"puf"`` -> ``{"eta-special": ...}``)."""
@@ -337,7 +362,12 @@ class FederationConfig:
         self._validate_store()
 
     def _validate_methods(self) -> None:
-        """Check ``method``, ``methods`` and every method table's settings."""
+        """Check ``method``, ``methods`` and the method tables' settings (if the run sets any).
+
+        The method tables are read (their modules imported) only for a config
+        with method settings: a table's defaults are valid (a test holds each
+        method to it).
+        """
         from fedforget.methods import method_class, method_names
 
         for key, names in (("method", (self.method,)), ("methods", self.kept_methods)):
@@ -347,6 +377,8 @@ class FederationConfig:
                         f"{key} names unknown unlearning method {name!r}; registered methods "
                         f"are {', '.join(method_names())}"
                     )
+        if not self.method_settings:
+            return
         from fedforget.methods.base import settings_problem
         from fedforget.methods.centralised import centralised_class, centralised_names
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
-from flwr.simulation import run_simulation
+from ray_support import run_app
 
 from fedforget.arrays import Arrays, to_arrays, to_record
 from fedforget.config import FederationConfig
@@ -18,7 +18,6 @@ from fedforget.federated.strategy import UnlearningStrategy
 from fedforget.methods.base import FederatedMethod
 from fedforget.methods.puf import PufRegular, PufSpecial
 from fedforget.requests import InMemoryRequestQueue, UnlearningRequest
-from fedforget.simulation import backend_config
 from fedforget.state.store import InMemoryPseudoGradientStore, StoredPseudoGradient
 from fedforget.task import evaluate_global_metrics, model_arrays, new_model
 
@@ -102,10 +101,5 @@ def simulate_strategy(
         )
         captured["record"] = record
 
-    run_simulation(
-        server,
-        client_app or real_client_app,
-        num_supernodes=config.num_partitions,
-        backend_config=backend_config(2),
-    )
+    run_app(server, client_app or real_client_app, config.num_partitions)
     return captured["record"]

@@ -151,6 +151,7 @@ def test_descent_ascent_contrast_holds_for_another_seed() -> None:
     assert not result.case("independent").ends_further
 
 
+@pytest.mark.slow
 def test_cli_analyse_ascent_fails_writes_png_and_json(tmp_path: Path) -> None:
     """``fedforget analyse ascent-fails`` writes a readable PNG and a strict JSON."""
     import matplotlib.image
@@ -180,6 +181,7 @@ def test_cli_analyse_ascent_fails_writes_png_and_json(tmp_path: Path) -> None:
     assert data["cases"]["independent"]["ends_further_than_original"] is False
 
 
+@pytest.mark.slow
 def test_cli_analyse_dual_influence_writes_png_and_json(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

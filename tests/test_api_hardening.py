@@ -497,10 +497,10 @@ class IdleStep(FederatedMethod):
     name = "idle-step"
     table = "idle-step"
 
-    def plan(self, step, global_arrays, remaining, index):
+    def plan(self, step, state, global_arrays, remaining):
         return RoundPlan(global_arrays)
 
-    def apply(self, step, global_arrays, plan, updates):
+    def apply(self, step, state, global_arrays, plan, updates):
         return StepResult({k: v.copy() for k, v in global_arrays.items()})
 
 
@@ -509,9 +509,10 @@ def one_step(strategy, method, targets, settings, updates=()):
     before = method.context.initial_arrays
     request = strategy.requests.submit(UnlearningRequest(targets, method=method.name))
     step = UnlearningStep((request,), method.name, targets, settings, 3)
-    strategy._active = _ActiveStep(step, method, before, 0)
+    state = method.begin(step, before)
+    strategy._active = _ActiveStep(step, method, before, 0, state)
     strategy._global = before
-    strategy._plan = method.plan(step, before, ["0", "2"], 0)
+    strategy._plan = method.plan(step, state, before, ["0", "2"])
     strategy.rounds.append(RoundRecord(3, "unlearn", [], method=method.name))
     after = strategy._step_round(3, list(updates))
     return strategy.requests.get(request.request_id), before, after
@@ -642,6 +643,7 @@ def is_loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+@pytest.mark.private_ray
 def test_a_default_simulation_listens_on_loopback_only():
     """Ray's GCS, raylet, agents and workers of a private simulation bind 127.0.0.1 only.
 
@@ -684,6 +686,20 @@ def test_a_default_simulation_listens_on_loopback_only():
     assert exposed == {}, f"listening beyond loopback: {exposed}"
 
 
+@pytest.mark.ray
+def test_the_test_sessions_shared_ray_listens_on_loopback_only(shared_ray):
+    """The head every ``ray`` test attaches to (tests/conftest.py) binds 127.0.0.1 only."""
+    owners = socket_owners(process_tree(shared_ray.pid))
+    listening = {
+        (ip, port): owners[inode] for ip, port, inode in listening_tcp() if inode in owners
+    }
+    assert {"gcs_server", "raylet"} <= set(listening.values()), listening
+    exposed = {
+        address: owner for address, owner in listening.items() if not is_loopback(address[0])
+    }
+    assert exposed == {}, f"listening beyond loopback: {exposed}"
+
+
 STEP_RECORDER = """
 import os, signal, sys
 from fedforget.config import ConfigError, FederationConfig
@@ -697,7 +713,7 @@ strategy = build_strategy(config)
 method = strategy.methods["puf-special"]
 before = method.context.initial_arrays
 step = UnlearningStep(tuple(strategy.requests.all()), "puf-special", ("1", "2"), {}, 3)
-strategy._active = _ActiveStep(step, method, before, 0)
+strategy._active = _ActiveStep(step, method, before, 0, method.begin(step, before))
 commits = 0
 
 def trace(statement):
@@ -712,6 +728,7 @@ strategy._complete(4, StepResult({k: v + 1 for k, v in before.items()}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at_commit", [1, 2])
 def test_a_kill_while_a_step_is_recorded_leaves_all_of_it_or_none(tmp_path, kill_at_commit):
     """A 60-request step; SIGKILL at the 1st or 2nd COMMIT of its recording: all or none applied.

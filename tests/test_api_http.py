@@ -173,6 +173,7 @@ def test_audit_log_lists_applied_requests_without_client_data(api):
     assert entry["update_norm"] == 1.5
 
 
+@pytest.mark.slow
 def test_cli_submits_reads_and_reports_errors(api, capsys):
     """`fedforget unlearn` finds URL and token in the state dir and prints JSON."""
     _, strategy, state = api
@@ -297,6 +298,7 @@ def test_tokens_are_ascii_everywhere_and_long_on_public_addresses(tmp_path, monk
     assert not (tmp_path / "api.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_reports_a_non_ascii_token_without_a_traceback(api, capsys, monkeypatch):
     """`fedforget unlearn` with a non-ASCII token (file or environment): exit 1, one clear line."""
     _, strategy, state = api

@@ -13,8 +13,8 @@ import pytest
 from api_support import Driver, wait_for_api, wait_for_round_start
 from flwr.app import ConfigRecord
 from flwr.serverapp import ServerApp
-from flwr.simulation import run_simulation
 from harness import RecordingStore
+from ray_support import run_app
 
 from fedforget.api.client import UnlearningClient
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
@@ -30,8 +30,10 @@ from fedforget.federated.federation import (
 )
 from fedforget.federated.strategy import UnlearningStrategy
 from fedforget.methods.puf import PufSpecial
-from fedforget.simulation import backend_config, simulate
+from fedforget.simulation import simulate
 from fedforget.task import model_arrays, new_model
+
+pytestmark = pytest.mark.ray
 
 LIVE = FederationConfig(
     num_partitions=3,
@@ -87,9 +89,7 @@ def run_with_api(config: FederationConfig, scenario) -> LiveRun:
 
     driver = Driver(lambda: scenario(wait_for_api(Path(config.state_dir))))
     driver.start()
-    run_simulation(
-        server, client_app, num_supernodes=config.num_partitions, backend_config=backend_config(2)
-    )
+    run_app(server, client_app, config.num_partitions)
     run = captured["run"]
     run.api = driver.outcome()
     return run
@@ -340,7 +340,7 @@ def test_two_requests_in_one_round_are_one_step_and_another_method_waits(tmp_pat
 
     driver = Driver(lambda: scenario(wait_for_api(Path(config.state_dir))))
     driver.start()
-    simulate(config, num_cpus=2)
+    simulate(config)
     api = driver.outcome()
 
     s = api["observed"]

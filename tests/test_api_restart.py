@@ -13,12 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from api_support import wait_for_api, wait_for_round_start
 
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
 from fedforget.config import FederationConfig
 from fedforget.federated.federation import EVENTS_FILE, HISTORY_FILE, REQUESTS_FILE
 from fedforget.state.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = (

@@ -18,8 +18,8 @@ import pytest
 from api_support import Driver, wait_for_api
 from flwr.app import ConfigRecord, MetricRecord
 from flwr.serverapp import ServerApp
-from flwr.simulation import run_simulation
 from PIL import Image, ImageStat
+from ray_support import run_app
 
 from fedforget.api.app import FederationView
 from fedforget.api.auth import ApiToken
@@ -32,8 +32,9 @@ from fedforget.config import FederationConfig
 from fedforget.federated.federation import build_strategy, live_api
 from fedforget.federated.records import FederationStatus
 from fedforget.requests import UnlearningRequest
-from fedforget.simulation import backend_config
 from fedforget.task import evaluate_global_metrics, model_arrays, new_model
+
+pytestmark = pytest.mark.ray
 
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(
@@ -200,9 +201,7 @@ def run_viewed_federation(config: FederationConfig, profile: Path) -> dict[str, 
 
     driver = Driver(drive)
     driver.start()
-    run_simulation(
-        server, client_app, num_supernodes=config.num_partitions, backend_config=backend_config(2)
-    )
+    run_app(server, client_app, config.num_partitions)
     return {**driver.outcome(timeout=PAGE_WAIT_S), "scores": scores}
 
 

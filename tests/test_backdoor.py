@@ -175,6 +175,7 @@ def test_references_share_the_data_and_existing_cache_keys_stay(config):
     assert reference_config(config).forget_scenario == "client"
 
 
+@pytest.mark.slow
 def test_compare_in_the_backdoor_scenario_with_two_references(tmp_path):
     """Every model row has the attack success rate; the table marks gaps within the floor."""
     out = tmp_path / "out"

@@ -275,6 +275,7 @@ def runs(tmp_path_factory) -> Runs:
     return Runs(a, b, root / "at-kill", target_update)
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_a_checkpoint_ends_with_the_uninterrupted_final_model(runs):
     """Bit-identical: same arrays, dtypes and values (memory store vs disk store, too)."""
     expected = read_arrays(runs.uninterrupted / "out" / "final_model.npz")
@@ -297,6 +298,7 @@ def test_a_run_killed_after_a_checkpoint_ends_with_the_uninterrupted_final_model
         assert np.array_equal(value, original[name])
 
 
+@pytest.mark.slow
 def test_a_resumed_run_reports_its_whole_wall_time(runs):
     """Wall time goes on across the restart: never below the elapsed time the history shows.
 
@@ -314,6 +316,7 @@ def test_a_resumed_run_reports_its_whole_wall_time(runs):
         assert wall_s - before_step > 0
 
 
+@pytest.mark.slow
 def test_the_step_recorded_only_in_the_checkpoint_is_applied_once_after_resume(runs):
     """Killed between the step's checkpoint and the queue's commit: the resumed run commits it."""
     at_kill = SQLiteRequestQueue.in_state_dir(runs.at_kill)
@@ -335,6 +338,7 @@ def files_holding(folder: Path, arrays: dict[str, np.ndarray]) -> list[str]:
     )
 
 
+@pytest.mark.slow
 def test_nothing_of_a_forgotten_client_remains_in_the_state_dir(runs):
     """No file, no checkpointed copy, no method state: only the audit record names client 1."""
     # the search finds the update where it was: the file the last checkpoint before the step named

@@ -206,6 +206,7 @@ def fedforget(
     )
 
 
+@pytest.mark.slow
 def test_a_mistyped_model_is_one_line_from_a_fresh_process(tmp_path):
     """The command a new user typed: exit code 2, one line, no traceback (a real process)."""
     done = fedforget("run", "--run-config", "model='nosuch'", cwd=tmp_path)
@@ -231,6 +232,7 @@ def stored_files(state: Path) -> dict[str, str]:
     return {path.name.split(".")[0]: path.name for path in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_run_keeps_pseudo_gradients_in_the_state_dir_and_erases_the_forgotten(tmp_path, cache):
     """``fedforget run`` with store='disk', a relative state-dir, the API, a fixed budget."""
     config = f"{SMALL} state-dir='state' store='disk' api-enabled=true"
@@ -263,6 +265,7 @@ def test_run_keeps_pseudo_gradients_in_the_state_dir_and_erases_the_forgotten(tm
     assert puf["cost"]["server_storage_bytes"] == 3 * store.latest("1").nbytes
 
 
+@pytest.mark.slow
 def test_compare_keeps_the_original_store_on_disk_and_each_cell_a_copy(tmp_path, cache):
     """``fedforget compare`` with store='disk' (float16): both PUF cells forget from a copy."""
     config = f"{SMALL} state-dir='state' store='disk' store-dtype='float16' progress=false"

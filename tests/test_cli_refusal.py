@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from test_main_job import fedforget
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_refused_request_ends_with_its_reason_in_one_line_without_rays_warning(tmp_path):

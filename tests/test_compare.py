@@ -17,6 +17,8 @@ from fedforget.metrics import METRIC_NAMES
 from fedforget.results import reference_row
 from fedforget.task import model_arrays, new_model
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "num-partitions=3 num-server-rounds=5 unlearn-at-round=2 local-epochs=1"
 METHODS = ["puf-special", "natural", "not", "fedquit"]

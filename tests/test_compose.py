@@ -17,6 +17,8 @@ import yaml
 
 from fedforget.deploy import DeploymentLayout, TlsFiles
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_TLS = TlsFiles("/certs/ca.crt", "/certs/server.pem", "/certs/server.key")
 

@@ -22,6 +22,8 @@ from fedforget.deploy import (
     running,
 )
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -49,6 +49,7 @@ def page(site: Path, name: str) -> str:
     return html.unescape((site / name / "index.html").read_text())
 
 
+@pytest.mark.slow
 def test_the_site_builds_strictly_with_the_generated_tables(site):
     configuration = page(site, "configuration")
     for f in fields(FederationConfig):
@@ -91,6 +92,7 @@ def test_tables_follow_the_code_and_unknown_markers_stop_the_build(monkeypatch):
         hooks.render("text\n<!-- table: nope -->\n")
 
 
+@pytest.mark.slow
 def test_benchmark_tables_come_from_the_records(monkeypatch, tmp_path):
     hooks = load_hooks()
     record = json.loads((ROOT / "benchmarks/results/deploy_overhead.json").read_text())

@@ -17,6 +17,8 @@ from fedforget.protocol import EVALUATE_REQUEST
 from fedforget.simulation import simulate_app
 from fedforget.task import model_arrays, new_model
 
+pytestmark = pytest.mark.ray
+
 CONFIG = FederationConfig(
     num_partitions=3,
     local_epochs=1,
@@ -66,7 +68,7 @@ def run_both(grid: PromptGrid) -> dict[bool, tuple]:
 
 @pytest.fixture(scope="module")
 def runs() -> dict[bool, tuple]:
-    return simulate_app(run_both, CONFIG.num_partitions, num_cpus=2)
+    return simulate_app(run_both, CONFIG.num_partitions)
 
 
 def messages_per_node_and_round(pushed) -> Counter:

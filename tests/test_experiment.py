@@ -18,6 +18,8 @@ from fedforget.experiment.runner import CellKey, read_cells, run_experiment
 from fedforget.experiment.spec import load_experiment
 from fedforget.federated.federation import read_arrays
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = """
 [experiment]

@@ -70,6 +70,7 @@ class CountingGrid:
         return rounds[:-1]
 
 
+@pytest.mark.ray
 def test_only_drawn_new_nodes_are_asked_and_excluded_ones_are_replaced():
     """150 new nodes, 3 clients a round: a round asks a few nodes, never all 150."""
     # Prepare
@@ -91,7 +92,7 @@ def test_only_drawn_new_nodes_are_asked_and_excluded_ones_are_replaced():
         return run_federation(grids[0], config)  # type: ignore[arg-type]
 
     # Execute
-    record = simulate_app(server_main, NODES, num_cpus=2)
+    record = simulate_app(server_main, NODES)
     # Assert
     asked = grids[0].queries_per_round()
     every_query = [node for nodes, _ in asked for node in nodes]

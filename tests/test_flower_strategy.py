@@ -15,13 +15,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
-from flwr.simulation import run_simulation
 from flwr.supercore.task_identity import TaskIdentity
+from ray_support import run_app
 
 import fedforget
 from fedforget.deploy import executables_first_on_path
 from fedforget.federated.fedavg import client_free_methods
-from fedforget.simulation import backend_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "flower-app"
@@ -94,6 +93,7 @@ def quickstart_client_app() -> ClientApp:
     return app
 
 
+@pytest.mark.ray
 def test_an_unmodified_client_app_is_forgotten_over_the_api_with_its_update_negated(tmp_path):
     """A request posted over HTTP for a node-keyed client: w4 = w3 - 2 * its stored update."""
     from fedforget.api.client import UnlearningClient
@@ -130,9 +130,7 @@ def test_an_unmodified_client_app_is_forgotten_over_the_api_with_its_update_nega
         )
         seen.update(models=models, strategy=strategy, requests=strategy.requests.all())
 
-    run_simulation(
-        server, quickstart_client_app(), num_supernodes=3, backend_config=backend_config(2)
-    )
+    run_app(server, quickstart_client_app(), 3)
     target, models, strategy = seen["target"], seen["models"], seen["strategy"]
     (request,) = seen["requests"]
     assert request.request_id == seen["request"] and request.client_ids == (target,)
@@ -148,6 +146,7 @@ def test_an_unmodified_client_app_is_forgotten_over_the_api_with_its_update_nega
     assert not (state_dir / "api.json").exists()  # the API stopped with the run
 
 
+@pytest.mark.slow
 def test_the_example_flower_app_runs_with_flwr_run_and_negates_the_forgotten_update(
     tmp_path, monkeypatch
 ):

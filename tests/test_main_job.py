@@ -16,6 +16,8 @@ import pytest
 from fedforget.deploy import executables_first_on_path
 from fedforget.metrics import METRIC_NAMES
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "num-partitions=3 num-server-rounds=5 unlearn-at-round=2 local-epochs=1"
 

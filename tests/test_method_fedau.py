@@ -44,6 +44,7 @@ def auxiliary_model(global_arrays):
     return model_arrays(model)
 
 
+@pytest.mark.ray
 def test_only_the_target_takes_part_with_the_fedau_action(run):
     """The unlearning round asks the target alone, with its client step, for 10 head epochs."""
     record = run.strategy.rounds[UNLEARN_ROUND - 1]
@@ -56,6 +57,7 @@ def test_only_the_target_takes_part_with_the_fedau_action(run):
     assert event.first_round == event.server_round == UNLEARN_ROUND
 
 
+@pytest.mark.ray
 def test_new_head_is_the_convex_mix_and_the_rest_is_unchanged(run):
     """Head = 0.04 x previous head + 0.96 x the target's head; every other array as before."""
     before, after = run.models[UNLEARN_ROUND - 1], run.models[UNLEARN_ROUND]
@@ -91,7 +93,7 @@ def test_the_auxiliary_head_starts_fresh_from_normal_0_001_as_published():
     assert FedAU.defaults["aux-init"] == "random"
     method = FedAU(method_context(CONFIG))
     model = global_model()
-    plan = method.plan(step(), model, ["0", "2"], 0)
+    plan = method.plan(step(), method.begin(step(), model), model, ["0", "2"])
     weight, bias = head_keys(new_model(CONFIG))
     sent = plan.arrays[weight]
     assert sent.shape == model[weight].shape and sent.dtype == model[weight].dtype
@@ -102,7 +104,7 @@ def test_the_auxiliary_head_starts_fresh_from_normal_0_001_as_published():
         assert np.array_equal(plan.arrays[name], model[name]), name
     assert plan.clients == {"1": "fedau"}
     # drawn under the run's seed and the step's first round: reproducible, not the global head
-    again = method.plan(step(), model, ["0", "2"], 0)
+    again = method.plan(step(), method.begin(step(), model), model, ["0", "2"])
     np.testing.assert_array_equal(again.arrays[weight], sent)
     other = fresh_head(model, (weight, bias), auxiliary_head_seed(CONFIG.seed, UNLEARN_ROUND + 1))
     assert not np.array_equal(other[weight], sent)
@@ -112,11 +114,12 @@ def test_the_mix_takes_the_targets_trained_fresh_heads():
     """Head = 0.04 W_orig + 0.96 W_aux, W_aux = fresh head + the target's update."""
     method = FedAU(method_context(CONFIG))
     model = global_model()
-    plan = method.plan(step(), model, ["0", "2"], 0)
+    plan = method.plan(step(), method.begin(step(), model), model, ["0", "2"])
     heads = method.context.head_keys
     delta = {k: np.full_like(v, 0.5) for k, v in model.items() if k in heads}
     delta.update({k: np.zeros_like(v) for k, v in model.items() if k not in heads})
-    result = method.apply(step(), model, plan, [ClientUpdate("1", {}, delta, 40)])
+    state = method.begin(step(), model)
+    result = method.apply(step(), state, model, plan, [ClientUpdate("1", {}, delta, 40)])
     for name in heads:
         auxiliary = plan.arrays[name].astype(np.float64) + 0.5
         expected = 0.04 * model[name] + 0.96 * auxiliary
@@ -129,7 +132,8 @@ def test_global_aux_init_keeps_the_earlier_variant():
     """aux-init='global': the head trains from the global head (W + 0.96 dW)."""
     method = FedAU(method_context(CONFIG))
     model = global_model()
-    plan = method.plan(step({"aux-init": "global"}), model, ["0", "2"], 0)
+    aux_global = step({"aux-init": "global"})
+    plan = method.plan(aux_global, method.begin(aux_global, model), model, ["0", "2"])
     for name, value in model.items():
         assert np.array_equal(plan.arrays[name], value), name
     assert "fedau.aux-init must be one of random, global" in FedAU.check_settings(

@@ -162,7 +162,8 @@ def test_the_first_kept_round_reuses_its_stored_updates_and_the_next_one_calibra
     method.observe(3, third, [ClientUpdate(c, {}, stored[c], sizes[c]) for c in "012"])
     step = UnlearningStep((), "federaser", ("1",), dict(FedEraser.defaults), first_round=4)
 
-    plan = method.plan(step, third, ["0", "2"], 0)
+    state = method.begin(step, third)
+    plan = method.plan(step, state, third, ["0", "2"])
     start = weighted_sum(initial, [(10 / 40, first["0"]), (30 / 40, first["2"])])
     for name in initial:
         np.testing.assert_allclose(plan.arrays[name], start[name], rtol=1e-6, err_msg=name)
@@ -171,7 +172,7 @@ def test_the_first_kept_round_reuses_its_stored_updates_and_the_next_one_calibra
     assert plan.epochs == 2.0  # half of local-epochs=4, for the cost record
     fresh = {c: random_update(rng, 5.0) for c in "02"}
     result = method.apply(
-        step, third, plan, [ClientUpdate(c, {}, fresh[c], sizes[c]) for c in "02"]
+        step, state, third, plan, [ClientUpdate(c, {}, fresh[c], sizes[c]) for c in "02"]
     )
     assert result.done  # two kept rounds: one unlearning round
     expected = weighted_sum(
@@ -181,6 +182,9 @@ def test_the_first_kept_round_reuses_its_stored_updates_and_the_next_one_calibra
     for name in initial:
         np.testing.assert_allclose(result.arrays[name], expected[name], rtol=1e-6)
     assert [(c.server_round, c.client_id) for c in method.calibrations] == [(3, "0"), (3, "2")]
+    # the replay schedule was the step's; the method keeps its history and the latest record
+    assert set(vars(method)) == {"context", "interval", "history", "calibrations"}
+    assert method.calibrations is state.calibrations
 
 
 def test_one_kept_round_is_a_step_that_asks_nobody():
@@ -191,9 +195,11 @@ def test_one_kept_round_is_a_step_that_asks_nobody():
         1, initial, [ClientUpdate("0", {}, update, 10), ClientUpdate("1", {}, update, 5)]
     )
     step = UnlearningStep((), "federaser", ("1",), dict(FedEraser.defaults), first_round=3)
-    plan = method.plan(step, random_update(rng, 1.0), ["0", "2"], 0)
+    model = random_update(rng, 1.0)
+    state = method.begin(step, model)
+    plan = method.plan(step, state, model, ["0", "2"])
     assert plan.clients == {} and plan.epochs == 0.0
-    result = method.apply(step, plan.arrays, plan, [])
+    result = method.apply(step, state, plan.arrays, plan, [])
     assert result.done
     expected = weighted_sum(initial, [(1.0, update)])  # round 1 without the target
     for name in initial:
@@ -209,9 +215,10 @@ def test_a_round_without_remaining_clients_carries_the_model_over():
     method.observe(1, model, [ClientUpdate("0", {}, stored, 10), ClientUpdate("1", {}, stored, 5)])
     method.observe(3, model, [ClientUpdate("1", {}, stored, 5)])
     step = UnlearningStep((), "federaser", ("1",), dict(FedEraser.defaults), first_round=4)
-    plan = method.plan(step, model, ["0", "2"], 0)
+    state = method.begin(step, model)
+    plan = method.plan(step, state, model, ["0", "2"])
     assert plan.clients == {} and plan.epochs == 0.0
-    result = method.apply(step, model, plan, [])
+    result = method.apply(step, state, model, plan, [])
     assert result.done
     for name in model:
         np.testing.assert_array_equal(result.arrays[name], plan.arrays[name])
@@ -230,6 +237,7 @@ def federaser_run():
     return simulate_strategy(CONFIG)
 
 
+@pytest.mark.ray
 def test_step_replays_the_second_kept_round_with_the_remaining_clients_at_half_an_epoch(
     federaser_run,
 ):
@@ -244,6 +252,7 @@ def test_step_replays_the_second_kept_round_with_the_remaining_clients_at_half_a
     assert record.client_epochs == 0.5 * 2  # half of local-epochs=1, two clients
 
 
+@pytest.mark.ray
 def test_every_applied_update_has_its_stored_norm(federaser_run):
     method = federaser_run.method("federaser")
     kept = {r.server_round: r for r in method.history}
@@ -254,6 +263,7 @@ def test_every_applied_update_has_its_stored_norm(federaser_run):
         assert c.applied_norm == pytest.approx(c.stored_norm, rel=1e-5)
 
 
+@pytest.mark.ray
 def test_the_step_is_round_1_reused_then_round_3_calibrated_for_half_an_epoch(federaser_run):
     """Recompute the step: round 1's FedAvg without the target, then half an epoch of the
     remaining clients' training (floor(batches / 2) mini-batches), rescaled, averaged."""
@@ -298,6 +308,7 @@ def test_the_step_is_round_1_reused_then_round_3_calibrated_for_half_an_epoch(fe
         torch.set_num_threads(threads)
 
 
+@pytest.mark.ray
 def test_history_drops_the_target_keeps_the_others_and_grows_per_kept_round(federaser_run):
     strategy, models = federaser_run.strategy, federaser_run.models
     method = federaser_run.method("federaser")

@@ -22,9 +22,9 @@ class RecordingFedQUIT(FedQUIT):
         super().__init__(context)
         self.updates = []
 
-    def apply(self, step, global_arrays, plan, updates):
+    def apply(self, step, state, global_arrays, plan, updates):
         self.updates.extend(updates)
-        return super().apply(step, global_arrays, plan, updates)
+        return super().apply(step, state, global_arrays, plan, updates)
 
 
 def test_teacher_puts_the_minimum_logit_on_the_true_class():
@@ -57,6 +57,7 @@ def run():
     return simulate_strategy(CONFIG, methods={"fedquit": method}), method
 
 
+@pytest.mark.ray
 def test_only_the_target_distils(run):
     record, _ = run
     unlearn = record.strategy.rounds[2]
@@ -67,6 +68,7 @@ def test_only_the_target_distils(run):
     assert record.strategy.rounds[3].participants == ["0", "2"]
 
 
+@pytest.mark.ray
 def test_new_global_model_is_the_targets_student_and_forgets(run):
     record, method = run
     before, after = record.models[2], record.models[3]

@@ -31,15 +31,15 @@ class RecordingPGA(PGA):
         self.plans = []
         self.updates = []
 
-    def plan(self, step, global_arrays, remaining, index):
+    def plan(self, step, state, global_arrays, remaining):
         self.stored_at_step = dict(self.local_models)
-        plan = super().plan(step, global_arrays, remaining, index)
+        plan = super().plan(step, state, global_arrays, remaining)
         self.plans.append(plan)
         return plan
 
-    def apply(self, step, global_arrays, plan, updates):
+    def apply(self, step, state, global_arrays, plan, updates):
         self.updates.extend(updates)
-        return super().apply(step, global_arrays, plan, updates)
+        return super().apply(step, state, global_arrays, plan, updates)
 
 
 def distance(a, b):
@@ -63,6 +63,7 @@ def run():
     return simulate_strategy(CONFIG, methods={"pga": method}), method
 
 
+@pytest.mark.ray
 def test_only_the_target_runs_the_ascent(run):
     record, _ = run
     unlearn = record.strategy.rounds[2]
@@ -73,6 +74,7 @@ def test_only_the_target_runs_the_ascent(run):
     assert record.strategy.rounds[3].participants == ["0", "2"]
 
 
+@pytest.mark.ray
 def test_reference_model_is_the_size_weighted_fedavg_without_the_target(run):
     record, method = run
     stored = method.stored_at_step
@@ -90,6 +92,7 @@ def test_reference_model_is_the_size_weighted_fedavg_without_the_target(run):
         np.testing.assert_allclose(sent[name], value, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.ray
 def test_unlearned_model_stays_in_the_ball_and_ascends(run):
     record, method = run
     plan = method.plans[0]
@@ -116,6 +119,7 @@ def test_unlearned_model_stays_in_the_ball_and_ascends(run):
     assert loss_after.mean() > loss_before.mean()
 
 
+@pytest.mark.ray
 def test_target_is_erased_from_the_server(run):
     record, method = run
     assert sorted(method.stored_clients()) == ["0", "2"]

@@ -20,11 +20,14 @@ from fedforget.methods.base import (
     Needs,
     RoundPlan,
     StepResult,
+    StepState,
     UnlearningStep,
 )
 from fedforget.models import first_conv_key
 from fedforget.requests import UnlearningRequest
 from fedforget.task import model_arrays, model_with, new_model, train_client
+
+pytestmark = pytest.mark.ray
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -38,13 +41,18 @@ class ToyShift(FederatedMethod):
     needs = Needs(concurrent=False)
 
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         return RoundPlan(global_arrays)
 
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],

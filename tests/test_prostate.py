@@ -127,6 +127,7 @@ def test_synthetic_sites_are_written_in_the_real_layout(tmp_path):
     assert len({round(m, 2) for m in means}) == 6  # a different intensity profile per site
 
 
+@pytest.mark.ray
 def test_puf_on_synthetic_prostate_unet(tmp_path):
     """Foreground Dice rises in training; PUF on a site lowers Dice on that site's data."""
     # Prepare
@@ -166,6 +167,7 @@ def test_puf_on_synthetic_prostate_unet(tmp_path):
     assert after.forget_dice < before.forget_dice
 
 
+@pytest.mark.slow
 def test_synthetic_generator_command_line(tmp_path):
     """python -m fedforget.data.make_prostate_synthetic OUT_DIR writes a loadable layout."""
     from fedforget.data.make_prostate_synthetic import main

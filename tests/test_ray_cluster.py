@@ -7,14 +7,10 @@ own ports and temporary folder, stopped by process group at the end: never
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,36 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ray_support import free_port, head_options, start_node, stop_node
 
 from fedforget.cli import main
 from fedforget.config import ConfigError, FederationConfig
 from fedforget.simulation import PRIVATE_RAY, RAY_ADDRESS_ENV, ray_cluster_address, simulate
 
-RAY = str(Path(sys.executable).with_name("ray"))
 SMALL = {"num-partitions": 3, "num-server-rounds": 3, "unlearn-at-round": 1, "local-epochs": 1}
-START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
-OBJECT_STORE_BYTES = 200 * 1024 * 1024  # the default (30% of memory, per node) is far more
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def node_ports() -> list[str]:
-    """``ray start`` options giving a node ports of its own (two nodes share this machine)."""
-    options = (
-        "node-manager-port",
-        "object-manager-port",
-        "runtime-env-agent-port",
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "metrics-export-port",
-    )
-    return [f"--{option}={free_port()}" for option in options]
 
 
 @dataclass
@@ -75,82 +48,17 @@ class RayCluster:
         }
 
 
-def start_node(
-    name: str, options: list[str], folder: Path, ready: Path | str
-) -> subprocess.Popen[bytes]:
-    """``ray start --block`` in a session of its own; return once ``ready`` says it is up.
-
-    ``ready`` is a file the node writes when it is up, or a line of its log.
-    """
-    folder.mkdir()
-    log = folder.parent / f"{name}.log"
-    env = {key: value for key, value in os.environ.items() if key != RAY_ADDRESS_ENV}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                RAY,
-                "start",
-                *options,
-                "--num-cpus=1",
-                f"--object-store-memory={OBJECT_STORE_BYTES}",
-                "--disable-usage-stats",
-                "--block",
-                f"--temp-dir={folder}",
-                *node_ports(),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not (
-        ready.is_file() if isinstance(ready, Path) else ready in log.read_text(errors="replace")
-    ):
-        if exited(process) or time.monotonic() > deadline:
-            stop_node(process)
-            pytest.fail(f"the Ray {name} node did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    return process
-
-
-def exited(process: subprocess.Popen[bytes]) -> bool:
-    """Whether ``process`` has exited, leaving it unreaped (its pid stays its group's)."""
-    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
-    return process.returncode is not None or os.waitid(os.P_PID, process.pid, flags) is not None
-
-
-def stop_node(process: subprocess.Popen[bytes]) -> None:
-    """Stop a node started by :func:`start_node` and every process of its session."""
-    if not exited(process):
-        process.send_signal(signal.SIGTERM)  # `ray start --block` then stops its processes
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while not exited(process) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    # Not reaped yet, so the group id cannot belong to anyone else's processes.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # whatever of its session outlived it
-    process.wait()
-
-
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
     """A head node and a worker node, one CPU each, as separate processes on loopback."""
     # Ray's socket paths must stay short: a folder directly under /tmp, not pytest's tmp_path.
     root = Path(tempfile.mkdtemp(prefix="ffray", dir="/tmp"))
     port = free_port()
-    head_options = [
-        "--head",
-        f"--port={port}",
-        "--include-dashboard=false",
-        f"--dashboard-port={free_port()}",
-        f"--ray-client-server-port={free_port()}",
-    ]
     processes: dict[str, subprocess.Popen[bytes]] = {}
     folders = {"head": root / "head", "worker": root / "worker"}
     try:
         processes["head"] = start_node(
-            "head", head_options, folders["head"], folders["head"] / "ray_current_cluster"
+            "head", head_options(port), folders["head"], folders["head"] / "ray_current_cluster"
         )
         processes["worker"] = start_node(
             "worker", [f"--address=127.0.0.1:{port}"], folders["worker"], "Ray runtime started"
@@ -163,6 +71,7 @@ def ray_cluster() -> Iterator[RayCluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.private_ray
 def test_run_on_a_two_node_cluster_uses_both_nodes_and_matches_a_private_run(
     ray_cluster, monkeypatch, caplog
 ):

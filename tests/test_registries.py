@@ -130,6 +130,7 @@ def test_the_data_cache_and_the_reference_key_follow_the_plugin_source(plugin):
     assert reference_key(digits.replace(plugins=PLUGIN)) == reference_key(digits)
 
 
+@pytest.mark.slow
 def test_a_plugin_dataset_and_model_run_through_compare(tmp_path):
     """``fedforget compare`` with a toy dataset and model from a module outside the package."""
     folder = tmp_path / "plugins"

@@ -162,7 +162,8 @@ def test_puf_refuses_a_request_whose_stored_update_is_damaged(tmp_path):
     assert "client 1" in reason and "cannot be used" in reason and "puf.source='fresh'" in reason
     step = UnlearningStep((), "puf-special", ("1",), settings, first_round=2)
     with pytest.raises(StepFailed, match="cannot be used"):
-        puf.apply(step, model, puf.plan(step, model, [], 0), [])
+        state = puf.begin(step, model)
+        puf.apply(step, state, model, puf.plan(step, state, model, []), [])
 
 
 def test_a_pinned_file_outlives_its_replacement_until_the_next_checkpoint(tmp_path):

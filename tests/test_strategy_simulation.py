@@ -18,6 +18,8 @@ from fedforget.methods.puf import Contribution, puf_update
 from fedforget.requests import UnlearningRequest
 from fedforget.task import model_arrays, model_with, train_client
 
+pytestmark = pytest.mark.ray
+
 # Ray workers cannot import this test module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

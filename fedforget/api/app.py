@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -66,11 +66,13 @@ from fedforget.api.constants import (
 from fedforget.api.sqlite_queue import IdempotencyConflict, RequestRecord, SQLiteRequestQueue
 from fedforget.api.view import PAGE, PAGE_HEADERS, VIEW_PATH
 from fedforget.config import FederationConfig
-from fedforget.federated.records import FederationStatus
 from fedforget.methods import method_class, method_names
 from fedforget.methods.base import request_settings
 from fedforget.protocol import natural_order
 from fedforget.requests import OptionValue, UnlearningRequest, forgotten_clients
+
+if TYPE_CHECKING:  # the API serves the federation and imports none of it at run time
+    from fedforget.federated.records import FederationStatus
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -78,7 +80,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-StatusSource = Callable[[], FederationStatus]
+StatusSource = Callable[[], "FederationStatus"]
 """Returns the strategy's latest status snapshot (``lambda: strategy.status``)."""
 
 ClientId = (

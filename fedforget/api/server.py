@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
@@ -50,7 +51,9 @@ from fedforget.api.constants import (
 from fedforget.api.sqlite_queue import SQLiteRequestQueue
 from fedforget.api.state_dir import prepare_state_dir, write_private_file
 from fedforget.config import FederationConfig
-from fedforget.federated.strategy import UnlearningStrategy
+
+if TYPE_CHECKING:  # the API serves the federation and imports none of it at run time
+    from fedforget.federated.strategy import UnlearningStrategy
 
 START_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 5

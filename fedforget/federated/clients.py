@@ -14,7 +14,7 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedforget.config import ConfigError
+from fedforget.constants import ConfigError
 from fedforget.protocol import (
     IDENTITY_RECORD,
     NUM_PARTITIONS_KEY,

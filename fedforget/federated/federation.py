@@ -323,8 +323,8 @@ def run_rounds(
         initial_arrays=to_record(initial_arrays),
         num_rounds=config.num_server_rounds,
         timeout=config.round_timeout,
-        train_config=ConfigRecord(config.to_run_config()),
-        evaluate_config=ConfigRecord(config.to_run_config()),
+        train_config=ConfigRecord(config.client_section()),
+        evaluate_config=ConfigRecord(config.client_section()),
         evaluate_fn=evaluate,
         first_round=first_round,
     )

@@ -76,6 +76,7 @@ from fedforget.methods.base import (
     RoundPlan,
     StepFailed,
     StepResult,
+    StepState,
     UnlearningStep,
     fedavg,
 )
@@ -152,7 +153,8 @@ class _ActiveStep:
     method: FederatedMethod
     model_before: Arrays
     stored_bytes: int
-    index: int = 0
+    state: StepState
+    """What the method holds during the step (its index, and the method's own)."""
 
 
 class UnlearningStrategy(FedAvg):
@@ -364,11 +366,17 @@ class UnlearningStrategy(FedAvg):
             step = self.intake.take(server_round, self.directory, set(online))
             if step is not None:
                 method = self.methods[step.method]
-                self._active = _ActiveStep(step, method, self._global, method.stored_bytes())
+                self._active = _ActiveStep(
+                    step,
+                    method,
+                    self._global,
+                    method.stored_bytes(),
+                    method.begin(step, self._global),
+                )
         if self._active is not None:
             active = self._active
             remaining = self.directory.eligible(node_ids, blocked=active.step.targets)
-            plan = active.method.plan(active.step, self._global, remaining, active.index)
+            plan = active.method.plan(active.step, active.state, self._global, remaining)
             # clients run the step with its settings (the request's options included)
             table = type(active.method).table
             plan.config = {
@@ -525,7 +533,9 @@ class UnlearningStrategy(FedAvg):
         active = self._active
         assert active is not None
         try:
-            result = active.method.apply(active.step, self._global, self._plan, updates)
+            result = active.method.apply(
+                active.step, active.state, self._global, self._plan, updates
+            )
             if not all_finite(result.arrays):
                 raise StepFailed(
                     f"{active.step.method} produced NaN or Inf values; the model was left as it "
@@ -543,7 +553,7 @@ class UnlearningStrategy(FedAvg):
                 )
         except StepFailed as failure:
             return self._abandon(server_round, str(failure), updates)
-        active.index += 1
+        active.state.index += 1
         if result.done:
             self._complete(server_round, result)
         return result.arrays
@@ -607,7 +617,7 @@ class UnlearningStrategy(FedAvg):
             if self._plan.clients.get(u.client_id) == TRAIN_ACTION
             and u.client_id not in active.step.targets
         ]
-        if active.index == 0 and ordinary and self._plan.arrays is self._global:
+        if active.state.index == 0 and ordinary and self._plan.arrays is self._global:
             return fedavg(self._global, ordinary)
         return active.model_before
 

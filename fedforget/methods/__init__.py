@@ -19,6 +19,7 @@ from fedforget.methods.base import (
     Needs,
     RoundPlan,
     StepResult,
+    StepState,
     UnlearningStep,
 )
 
@@ -117,6 +118,7 @@ __all__ = [
     "Needs",
     "RoundPlan",
     "StepResult",
+    "StepState",
     "UnlearningStep",
     "client_steps",
     "method_class",

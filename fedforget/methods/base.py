@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from fedforget.arrays import Arrays
+from fedforget.constants import ConfigValue
 from fedforget.state.store import InMemoryPseudoGradientStore, PseudoGradientStore
 
 if TYPE_CHECKING:  # the server-side arithmetic needs no torch; client steps bring it
     import torch
     from torch import nn
 
-ConfigValue = int | float | str | bool
 TRAIN_ACTION = "train"
 """The ordinary local training every ClientApp runs."""
 
@@ -103,6 +103,23 @@ class RoundPlan:
     epochs: float = 0.0
     config: dict[str, ConfigValue] = field(default_factory=dict)
     extra: dict[str, Arrays] = field(default_factory=dict)
+
+
+@dataclass
+class StepState:
+    """What a method holds during one step, from its first round to its last.
+
+    :meth:`FederatedMethod.begin` makes it when the step begins; the spine keeps
+    it with the step, hands it to every :meth:`~FederatedMethod.plan` and
+    :meth:`~FederatedMethod.apply` of the step, advances :attr:`index` after
+    each round, and drops it when the step ends (done or abandoned). A method
+    that holds more during a step (MoDe's degradation model, FedEraser's replay
+    schedule) subclasses it, so that the method instance keeps only what lasts
+    across steps.
+    """
+
+    index: int = 0
+    """The step's round: 0, 1, ... (the spine advances it after each applied round)."""
 
 
 @dataclass(frozen=True)
@@ -220,21 +237,38 @@ class FederatedMethod(ABC):
         del targets, settings
         return ""
 
+    def begin(self, step: UnlearningStep, global_arrays: Arrays) -> StepState:
+        """The state of ``step``, which begins now from ``global_arrays`` (default: its index).
+
+        Called once per step, after :meth:`refusal` accepted it and before its
+        first :meth:`plan`.
+        """
+        del step, global_arrays
+        return StepState()
+
     @abstractmethod
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
-        """Round ``index`` (0, 1, ...) of ``step``; ``remaining`` are the eligible clients."""
+        """Round ``state.index`` (0, 1, ...) of ``step``; ``remaining`` are the eligible clients."""
 
     @abstractmethod
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],
     ) -> StepResult:
-        """The global model after the round ``plan`` described, from its validated replies."""
+        """The global model after the round ``plan`` described, from its validated replies.
+
+        ``state`` is the one :meth:`plan` got for this round.
+        """
 
     def forget(self, client_ids: Sequence[str]) -> None:
         """Erase what the server keeps of ``client_ids`` (right to be forgotten)."""
@@ -254,8 +288,8 @@ class FederatedMethod(ABC):
 
         JSON values (dict with str keys, list, str, int, float, bool, None) with
         numpy arrays at any leaf. Checkpoints are taken only between steps, so
-        what a method holds during a step (MoDe's degradation model, FedEraser's
-        replay position) is not part of it: a crash during a step repeats the
+        what a method holds during a step (its :class:`StepState`: MoDe's degradation
+        model, FedEraser's replay position) is not part of it: a crash during a step repeats the
         step from the checkpoint taken before it. A method that keeps anything
         across rounds (:meth:`observe`) must override this and :meth:`load_state_dict`.
         """
@@ -287,7 +321,11 @@ class TargetStepMethod(FederatedMethod):
     """
 
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         """One round: the global model to the targets, who run the client step."""
         return RoundPlan(
@@ -299,6 +337,7 @@ class TargetStepMethod(FederatedMethod):
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],

@@ -54,6 +54,7 @@ from fedforget.methods.base import (
     Needs,
     RoundPlan,
     StepResult,
+    StepState,
     TargetStepMethod,
     UnlearningStep,
     target_updates,
@@ -216,10 +217,14 @@ class FedAU(TargetStepMethod):
         return ""
 
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         """One round: the global model, with a fresh head (``aux-init`` random), to the targets."""
-        plan = super().plan(step, global_arrays, remaining, index)
+        plan = super().plan(step, state, global_arrays, remaining)
         if step.settings["aux-init"] == "random":
             seed = auxiliary_head_seed(self.context.seed, step.first_round)
             plan.arrays = fresh_head(global_arrays, self.context.head_keys, seed)
@@ -228,6 +233,7 @@ class FedAU(TargetStepMethod):
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],

@@ -71,6 +71,7 @@ from fedforget.methods.base import (
     RoundPlan,
     StepFailed,
     StepResult,
+    StepState,
     UnlearningStep,
 )
 from fedforget.protocol import natural_order
@@ -154,6 +155,15 @@ class Calibration:
     applied_norm: float
 
 
+@dataclass
+class ReplayState(StepState):
+    """A FedEraser step: the kept rounds it replays, and its calibrations so far."""
+
+    schedule: tuple[RetainedRound, ...] = ()
+    """The history as it was when the step began."""
+    calibrations: list[Calibration] = field(default_factory=list)
+
+
 class FedEraser(FederatedMethod):
     """Replay the retained rounds with the remaining clients, each update rescaled.
 
@@ -206,8 +216,6 @@ class FedEraser(FederatedMethod):
         self.history: list[RetainedRound] = []
         self.calibrations: list[Calibration] = []
         """The calibrated updates of the latest step, in the order applied."""
-        self._schedule: tuple[RetainedRound, ...] = ()
-        self._position = 0
 
     # ------------------------------------------------------------- settings
     @classmethod
@@ -256,25 +264,33 @@ class FedEraser(FederatedMethod):
             )
         return ""
 
+    def begin(self, step: UnlearningStep, global_arrays: Arrays) -> ReplayState:
+        """The step replays the history as it is now; its calibrations start afresh."""
+        del step, global_arrays
+        state = ReplayState(schedule=tuple(self.history))
+        self.calibrations = state.calibrations  # the latest step's, kept until the next
+        return state
+
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         """Round ``index``: the remaining clients calibrate kept round ``index + 2`` (1-based).
 
         Round 0 first rebuilds ``w~`` from the first kept round's stored
         updates (:meth:`replay_start`); the clients then train from ``w~``.
         """
-        if index == 0:
-            # the step replays the history as it was when it began
-            self._schedule = tuple(self.history)
-            self.calibrations = []
-        self._position = index
-        if not self._schedule:
+        assert isinstance(state, ReplayState)
+        index, schedule = state.index, state.schedule
+        if not schedule:
             return RoundPlan(global_arrays)  # apply says why
-        start = self.replay_start(step) if index == 0 else global_arrays
-        if index + 1 >= len(self._schedule):
+        start = self.replay_start(step, schedule[0]) if index == 0 else global_arrays
+        if index + 1 >= len(schedule):
             return RoundPlan(start)  # one kept round: its stored updates are the whole step
-        retained = self._schedule[index + 1]
+        retained = schedule[index + 1]
         clients = [c for c in remaining if c in retained.updates and c not in step.targets]
         fraction = float(step.settings["calibration-epochs-fraction"])
         return RoundPlan(
@@ -284,9 +300,11 @@ class FedEraser(FederatedMethod):
             config={"local-epochs-fraction": fraction},
         )
 
-    def replay_start(self, step: UnlearningStep) -> Arrays:
-        """``w^{t_1}`` moved by the FedAvg of the remaining clients' stored updates of ``t_1``."""
-        first = self._schedule[0]
+    def replay_start(self, step: UnlearningStep, first: RetainedRound) -> Arrays:
+        """``w^{t_1}`` moved by the FedAvg of the remaining clients' stored updates of ``t_1``.
+
+        ``first`` is the step's first kept round.
+        """
         kept = [(u.num_examples, u) for c, u in first.updates.items() if c not in step.targets]
         total = sum(count for count, _ in kept)
         if not total:
@@ -296,20 +314,22 @@ class FedEraser(FederatedMethod):
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],
     ) -> StepResult:
         """The calibrated model moved by the example-weighted mean of the calibrated updates."""
-        if not self._schedule:
+        assert isinstance(state, ReplayState)
+        index, schedule = state.index, state.schedule
+        if not schedule:
             raise StepFailed(
                 "federaser has no kept round to replay; nothing was forgotten: keep its "
                 "history (method='federaser' or methods) and retry after a round"
             )
-        if self._position + 1 >= len(self._schedule):
-            self._schedule = ()
+        if index + 1 >= len(schedule):
             return StepResult(copy_arrays(plan.arrays))
-        retained = self._schedule[self._position + 1]
+        retained = schedule[index + 1]
         per_layer = bool(step.settings["per-layer"])
         calibrated: list[tuple[int, Arrays]] = []
         for update in updates:
@@ -317,7 +337,7 @@ class FedEraser(FederatedMethod):
             if stored is None or update.client_id in step.targets:
                 continue  # only clients the plan asked reach here; kept for safety
             rescaled = calibrate(stored.pseudo_gradient, update.delta, per_layer)
-            self.calibrations.append(
+            state.calibrations.append(
                 Calibration(
                     retained.server_round,
                     update.client_id,
@@ -332,10 +352,7 @@ class FedEraser(FederatedMethod):
             if calibrated
             else copy_arrays(plan.arrays)
         )
-        done = self._position + 2 >= len(self._schedule)
-        if done:
-            self._schedule = ()
-        return StepResult(new, done=done)
+        return StepResult(new, done=index + 2 >= len(schedule))
 
     # ------------------------------------------------------------- storage
     def forget(self, client_ids: Sequence[str]) -> None:

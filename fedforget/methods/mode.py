@@ -55,6 +55,7 @@ import copy
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -68,10 +69,10 @@ from fedforget.methods.base import (
     ClientUpdate,
     ConfigValue,
     FederatedMethod,
-    MethodContext,
     Needs,
     RoundPlan,
     StepResult,
+    StepState,
     UnlearningStep,
     fedavg,
     target_updates,
@@ -171,11 +172,19 @@ def memory_guidance(
     )
 
 
+@dataclass
+class DegradationState(StepState):
+    """A MoDe step: its degradation model ``w_de`` and its schedule of spine rounds."""
+
+    degradation: Arrays = field(default_factory=dict)
+    phases: tuple[Phase, ...] = ()
+
+
 class MoDe(FederatedMethod):
     """Degrade the global model towards a model of the remaining clients, then guide it.
 
-    ``degradation`` holds the active step's ``w_de`` and ``phases`` its
-    schedule of spine rounds (:func:`schedule`); both are empty between steps.
+    A step's ``w_de`` and its schedule of spine rounds (:func:`schedule`) live in
+    its :class:`DegradationState`; the method keeps nothing between steps.
     """
 
     name = "mode"
@@ -222,12 +231,6 @@ class MoDe(FederatedMethod):
     )
     client_step = staticmethod(memory_guidance)
 
-    def __init__(self, context: MethodContext) -> None:
-        super().__init__(context)
-        self.degradation: Arrays = {}
-        self.phases: tuple[Phase, ...] = ()
-        self._position = 0
-
     @classmethod
     def check_settings(cls, settings: Mapping[str, ConfigValue]) -> str:
         """Round counts >= 1, epochs >= 0, momentum in [0, 1), lr > 0, remaining-lr >= 0."""
@@ -265,23 +268,32 @@ class MoDe(FederatedMethod):
         """The targets' guidance epochs: ``guidance-epochs``, or the run's local epochs if 0."""
         return int(settings["guidance-epochs"]) or self.context.local_epochs
 
+    def begin(self, step: UnlearningStep, global_arrays: Arrays) -> DegradationState:
+        """A random ``w_de`` seeded by the run and the step's first round, and the schedule."""
+        del global_arrays
+        settings = step.settings
+        return DegradationState(
+            degradation=self.context.random_arrays(
+                degradation_seed(self.context.seed, step.first_round)
+            ),
+            phases=schedule(int(settings["degradation-rounds"]), int(settings["guidance-rounds"])),
+        )
+
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         """A degradation round (the remaining clients train ``w_de``) or a guidance round."""
+        assert isinstance(state, DegradationState)
         settings = step.settings
-        if index == 0:
-            seed = degradation_seed(self.context.seed, step.first_round)
-            self.degradation = self.context.random_arrays(seed)
-            self.phases = schedule(
-                int(settings["degradation-rounds"]), int(settings["guidance-rounds"])
-            )
-        self._position = index
         local_epochs = float(self.context.local_epochs)
-        if self.phases[index] == "degrade":
+        if state.phases[state.index] == "degrade":
             # the port trains w_de at the base learning rate, undecayed
             return RoundPlan(
-                self.degradation,
+                state.degradation,
                 dict.fromkeys(remaining, TRAIN_ACTION),
                 epochs=local_epochs,
                 config={"lr-decay": 1.0},
@@ -303,33 +315,34 @@ class MoDe(FederatedMethod):
             clients,
             epochs=mean_epochs,
             config=config,
-            extra={DEGRADATION_ARRAYS: self.degradation},
+            extra={DEGRADATION_ARRAYS: state.degradation},
         )
 
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],
     ) -> StepResult:
         """A degradation round's momentum step, or the guidance round's FedAvg."""
+        assert isinstance(state, DegradationState)
         if DEGRADATION_ARRAYS not in plan.extra:
-            return StepResult(self._degrade(step, global_arrays, plan, updates), done=False)
+            return StepResult(self._degrade(step, state, global_arrays, plan, updates), done=False)
         targets = target_updates(step, updates)  # every target must have guided
         if step.settings["guidance"] == "fedavg":
             guided = [u for u in updates if u.client_id in plan.clients]
         else:
             guided = targets
         new = fedavg(global_arrays, guided)
-        done = self._position >= len(self.phases) - 1  # the schedule ends on a guidance round
-        if done:
-            self.degradation, self.phases = {}, ()
+        done = state.index >= len(state.phases) - 1  # the schedule ends on a guidance round
         return StepResult(new, done=done)
 
     def _degrade(
         self,
         step: UnlearningStep,
+        state: DegradationState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],
@@ -337,8 +350,8 @@ class MoDe(FederatedMethod):
         """Train ``w_de`` by FedAvg of the remaining clients, then take the momentum step."""
         remaining = [u for u in updates if u.client_id not in step.targets]
         if remaining:
-            self.degradation = fedavg(plan.arrays, remaining)
+            state.degradation = fedavg(plan.arrays, remaining)
         else:
             # a random w_de still erases; the round is not worth failing the step for
             logger.warning("mode: no remaining client trained the degradation model this round")
-        return momentum_step(global_arrays, self.degradation, float(step.settings["momentum"]))
+        return momentum_step(global_arrays, state.degradation, float(step.settings["momentum"]))

@@ -11,6 +11,7 @@ from fedforget.methods.base import (
     FederatedMethod,
     RoundPlan,
     StepResult,
+    StepState,
     UnlearningStep,
     fedavg,
 )
@@ -26,7 +27,11 @@ class Natural(FederatedMethod):
     forgets_by_update = False  # the targets are left out; the model may not change at all
 
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         """An ordinary round of the remaining clients."""
         return RoundPlan(
@@ -38,6 +43,7 @@ class Natural(FederatedMethod):
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],

@@ -19,6 +19,7 @@ from fedforget.methods.base import (
     FederatedMethod,
     RoundPlan,
     StepResult,
+    StepState,
     UnlearningStep,
 )
 
@@ -45,7 +46,11 @@ class NoT(FederatedMethod):
         return ""
 
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         """A server-only round."""
         return RoundPlan(global_arrays)
@@ -53,6 +58,7 @@ class NoT(FederatedMethod):
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],

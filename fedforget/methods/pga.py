@@ -80,6 +80,7 @@ from fedforget.methods.base import (
     Needs,
     RoundPlan,
     StepFailed,
+    StepState,
     TargetStepMethod,
     UnlearningStep,
 )
@@ -374,7 +375,11 @@ class PGA(TargetStepMethod):
         return ""
 
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         """One round: ``w_ref`` to the targets, with their local model and the radius."""
         stored = self._stored(step.targets)

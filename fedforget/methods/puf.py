@@ -61,6 +61,7 @@ from fedforget.methods.base import (
     RoundPlan,
     StepFailed,
     StepResult,
+    StepState,
     UnlearningStep,
 )
 from fedforget.state.store import PseudoGradientStore, StoredEntryError, StoredPseudoGradient
@@ -341,7 +342,11 @@ class _Puf(FederatedMethod):
         return ""
 
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         """One round: Special trains nobody (stored) or the targets (fresh); Regular all."""
         trainers = list(remaining) if self.mode == "regular" else []
@@ -356,6 +361,7 @@ class _Puf(FederatedMethod):
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],

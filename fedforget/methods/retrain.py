@@ -10,6 +10,7 @@ from fedforget.methods.base import (
     FederatedMethod,
     RoundPlan,
     StepResult,
+    StepState,
     UnlearningStep,
 )
 
@@ -29,7 +30,11 @@ class Retrain(FederatedMethod):
     forgets_by_update = False  # the targets never train again; a reset may change nothing yet
 
     def plan(
-        self, step: UnlearningStep, global_arrays: Arrays, remaining: Sequence[str], index: int
+        self,
+        step: UnlearningStep,
+        state: StepState,
+        global_arrays: Arrays,
+        remaining: Sequence[str],
     ) -> RoundPlan:
         """A server-only round."""
         return RoundPlan(global_arrays)
@@ -37,6 +42,7 @@ class Retrain(FederatedMethod):
     def apply(
         self,
         step: UnlearningStep,
+        state: StepState,
         global_arrays: Arrays,
         plan: RoundPlan,
         updates: Sequence[ClientUpdate],

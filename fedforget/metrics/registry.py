@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedforget.metrics import accuracy, backdoor, divergence, gap, mia, mia_nn, recovery, ulira
+import fedforget.metrics.accuracy as accuracy
+import fedforget.metrics.backdoor as backdoor
+import fedforget.metrics.divergence as divergence
+import fedforget.metrics.gap as gap
+import fedforget.metrics.mia as mia
+import fedforget.metrics.mia_nn as mia_nn
+import fedforget.metrics.recovery as recovery
+import fedforget.metrics.ulira as ulira
 from fedforget.metrics.base import Metric, MetricContext, MetricInfo, Splits
 
 METRICS: dict[str, Metric] = {

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedforget.arrays import Arrays, arrays_nbytes, is_float_array
-from fedforget.config import STORE_DTYPES
+from fedforget.constants import STORE_DTYPES
 
 logger = logging.getLogger(__name__)
 
