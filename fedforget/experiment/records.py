@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedforget.arrays import Arrays
-from fedforget.federated.records import RoundRecord, UnlearningEvent
+from fedforget.federated.records import RoundRecord
 
 if TYPE_CHECKING:
     from fedforget.federated.federation import RunRecord
@@ -88,9 +88,3 @@ class Cell:
     method: str
     record: RunRecord | None = None
     reason: str = ""
-
-    @property
-    def event(self) -> UnlearningEvent:
-        """The step the run applied (the first unlearning event)."""
-        assert self.record is not None and self.record.events, "a refused cell has no event"
-        return self.record.events[0]

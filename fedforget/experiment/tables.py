@@ -31,7 +31,7 @@ from fedforget.experiment.validity import (
     gap_to,
     is_reference,
 )
-from fedforget.metrics.registry import headline_metrics_of, table_metrics
+from fedforget.metrics.registry import headline_metrics_of, metric_info, table_metrics
 from fedforget.provenance import provenance_label
 
 RESULTS_FILE = "results.json"
@@ -223,8 +223,9 @@ def _more_metrics(results: dict[str, Any], headline: tuple[str, ...]) -> list[st
         return []
     width = max(len(m) for m in names) + 2
     lines = [
-        "more metrics (ideal: the retrained model's value, or as the metric's info says):",
+        "more metrics (better: higher, lower, or near retrain, the retrained model's value):",
         f"{'method':<14}" + "".join(f"{m:>{width}}" for m in names),
+        f"{'better':<14}" + "".join(f"{metric_info(m).direction:>{width}}" for m in names),
     ]
     for row in results["rows"]:
         if row["status"] == "ok":
