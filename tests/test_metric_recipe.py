@@ -12,9 +12,11 @@ import json
 
 import pytest
 
-from fedforget.config import FederationConfig
+from fedforget.config import ConfigError, FederationConfig
 from fedforget.experiment.commands import run_comparison
+from fedforget.experiment.evaluation import Evaluator
 from fedforget.experiment.report import write_report
+from fedforget.experiment.spec import load_experiment
 from fedforget.experiment.tables import format_table
 from fedforget.metrics import (
     METRICS,
@@ -26,6 +28,7 @@ from fedforget.metrics import (
     register,
     unregister,
 )
+from fedforget.task import model_arrays, new_model
 
 # the recipe: the metric's info and its function ...
 FORGET_CONFIDENCE = MetricInfo(
@@ -116,3 +119,41 @@ def test_register_refuses_a_taken_name_and_unregister_removes_the_metric():
     assert metric_info("toy_other") is info
     unregister("toy_other")
     assert "toy_other" not in METRICS
+
+
+EXPERIMENT = """
+[experiment]
+methods = ["natural"]
+centralised = []
+targets = [["0"]]
+seeds = [0]
+references = 1
+{metrics}
+
+[config]
+num-partitions = 3
+num-server-rounds = 3
+unlearn-at-round = 1
+"""
+
+
+def test_an_experiment_file_names_its_metrics_and_rows_carry_them_with_the_headline(tmp_path):
+    """``metrics = [...]`` narrows each row to those and the headline; unknown names refused."""
+    path = tmp_path / "named.toml"
+    path.write_text(EXPERIMENT.format(metrics='metrics = ["kl_test", "svc_mia_prob"]'))
+    spec = load_experiment(path)
+    assert spec.metrics == ("kl_test", "svc_mia_prob")
+    path.write_text(EXPERIMENT.format(metrics=""))
+    assert load_experiment(path).metrics is None  # default: every metric that applies
+    config = spec.cell_config(("0",), 0)
+    models = [model_arrays(new_model(config.replace(seed=s))) for s in (1, 2, 3)]
+    named = Evaluator(config, models[1:2], models[2], spec.metrics).values(models[0])
+    assert sorted(named) == sorted(
+        ["test_acc", "forget_acc", "retain_acc", "mia_yeom", "kl_test", "svc_mia_prob"]
+    )
+    every = Evaluator(config, models[1:2], models[2]).values(models[0])
+    assert {"test_loss", "js_forget", "avg_gap", "relearn_steps"} <= set(every)
+    assert {k: every[k] for k in named} == named  # the same values, selection or not
+    path.write_text(EXPERIMENT.format(metrics='metrics = ["kl_tset"]'))
+    with pytest.raises(ConfigError, match="unknown metric\\(s\\) kl_tset; registered: "):
+        load_experiment(path)
