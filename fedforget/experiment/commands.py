@@ -57,10 +57,11 @@ class Collected:
     methods; ``history`` holds each trained phase's rounds.
     """
 
-    def __init__(self, methods: Sequence[str], progress: bool) -> None:
+    def __init__(self, plan: Plan, progress: bool) -> None:
         self.rows: dict[CellKey, dict[str, Any]] = {}
         self.phases: dict[str, PhaseRecord] = {}
-        self.methods, self.progress = list(methods), progress
+        self.methods, self.centralised = list(plan.methods), list(plan.centralised)
+        self.progress = progress
         self.started = time.monotonic()
 
     def done(self, key: CellKey) -> bool:
@@ -84,8 +85,9 @@ class Collected:
             )
         elif key.kind == "centralised" and self.progress:
             print(
-                f"compare: centralised {key.method} "
-                f"({'refused' if row['status'] != 'ok' else 'applied'})",
+                f"compare: centralised {self.centralised.index(key.method) + 1}/"
+                f"{len(self.centralised)} ({key.method}: "
+                f"{'refused' if row['status'] != 'ok' else 'applied'})",
                 flush=True,
             )
 
@@ -239,7 +241,7 @@ def run_comparison(
         metrics=check_metrics(metrics),
     )
     started = time.monotonic()
-    recorder = Collected(plan.methods, config.progress)
+    recorder = Collected(plan, config.progress)
     trained, original = simulate_app(
         lambda grid: compare_on_grid(grid, config, plan, recorder),
         config.num_partitions,
