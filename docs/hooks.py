@@ -233,7 +233,7 @@ def metrics() -> str:
 # ------------------------------------------------------------- benchmarks
 def method_table(rows: list[dict[str, Any]]) -> str:
     """``fedforget run`` / ``compare``'s terminal table of ``rows``, without its legend."""
-    from fedforget.results import format_table
+    from fedforget.experiment.tables import format_table
 
     lines = [
         line for line in format_table({"rows": rows}).splitlines() if not line.startswith(LEGEND)

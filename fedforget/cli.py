@@ -181,13 +181,13 @@ def _config(args: argparse.Namespace) -> FederationConfig:
 
 def command_run(args: argparse.Namespace) -> int:
     """``fedforget run`` and ``fedforget compare``."""
-    from fedforget.comparison import (
+    from fedforget.experiment.commands import (
         resolve_centralised,
         resolve_methods,
         run_comparison,
         run_main_job,
     )
-    from fedforget.results import format_table
+    from fedforget.experiment.tables import format_table
 
     config = _config(args)
     if args.ray_address:

@@ -44,12 +44,11 @@ from fedforget.experiment.validity import (
     WITHIN,
     is_reference,
 )
+from fedforget.metrics.registry import table_metrics
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 FIGURES_DIR = "figures"
-HEADLINE = ("test_acc", "forget_acc", "retain_acc", "mia_yeom")
-SEGMENTATION_HEADLINE = ("test_dice", "forget_dice", "retain_dice", "mia_yeom")
 GAP_COLUMNS = 4
 """Panels per line of ``gaps.png`` (one panel per metric)."""
 
@@ -72,16 +71,8 @@ def _load(out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], li
 
 
 def _headline(summary: list[dict[str, Any]]) -> tuple[str, ...]:
-    metrics = {s["metric"] for s in summary}
-    chosen = SEGMENTATION_HEADLINE if "test_dice" in metrics else HEADLINE
-    extra = sorted(
-        m
-        for m in metrics
-        if m.startswith(
-            ("backdoor", "svc_mia", "kl_", "js_", "ulira", "mia_nn", "avg_gap", "relearn")
-        )
-    )
-    return tuple(m for m in (*chosen, *extra) if m in metrics)
+    """The report's metric columns: what the registry says to show of the metrics present."""
+    return table_metrics(s["metric"] for s in summary)
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -167,7 +158,7 @@ def _figures(
         plt.close(fig)
         made.append(("Recovery after the request", f"{FIGURES_DIR}/recovery.png"))
 
-    metrics = [m for m in _headline(summary) if m != "test_loss"]
+    metrics = list(_headline(summary))
     gap_rows = [s for s in summary if s["gap_mean"] is not None and s["method"] != "retrain"]
     if metrics and gap_rows:
         columns = min(len(metrics), GAP_COLUMNS)

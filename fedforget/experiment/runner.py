@@ -25,53 +25,49 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedforget.arrays import Arrays
-from fedforget.config import ConfigError, FederationConfig
+from fedforget.config import ConfigError
+from fedforget.experiment.phases import train_original
+from fedforget.experiment.protocol import CELLS_DIR, CellKey, Plan, Protocol, reference_keys
+from fedforget.experiment.records import PhaseRecord
+from fedforget.experiment.references import load_references
 from fedforget.experiment.spec import ExperimentSpec, load_experiment
-from fedforget.experiment.validity import REFERENCE, REFERENCE_KIND, reference_name
+from fedforget.experiment.validity import REFERENCE_KIND
 
 SPEC_FILE = "experiment.toml"
-CELLS_DIR = "cells"
 ORIGINALS_DIR = "originals"
 
 
-@dataclass(frozen=True)
-class CellKey:
-    """One cell: a method (or ``original`` / ``retrain``), a target set, a seed."""
+def plan_of(spec: ExperimentSpec) -> Plan:
+    """What the protocol computes for each (target set, seed) of ``spec``."""
+    return Plan(
+        methods=spec.methods,
+        centralised=spec.centralised,
+        references=spec.references,
+        recovery_stop=spec.recovery_stop,
+        metrics=spec.metrics,
+    )
 
-    kind: str
-    method: str
-    targets: tuple[str, ...]
-    seed: int
 
-    def path(self, out_dir: Path) -> Path:
-        """Where the cell's row is written."""
-        targets = "+".join(self.targets) or "scenario"
-        return (
-            out_dir / CELLS_DIR / f"seed-{self.seed}" / targets / f"{self.kind}-{self.method}.json"
-        )
+def protocol_of(spec: ExperimentSpec, targets: tuple[str, ...], seed: int) -> Protocol:
+    """The protocol of one (target set, seed) of ``spec``."""
+    return Protocol(spec.cell_config(targets, seed), plan_of(spec), targets, seed)
 
 
 def all_cells(spec: ExperimentSpec) -> list[CellKey]:
     """Every cell of the experiment, in the order they are computed."""
     cells = []
     for seed in spec.seeds:
-        for targets in spec.target_sets:
-            cells.append(CellKey("federated", REFERENCE, targets, seed))
-            cells += [
-                CellKey("reference", reference_name(k), targets, seed)
-                for k in range(1, spec.references)
-            ]
-            cells.append(CellKey("federated", "original", targets, seed))
-            cells += [CellKey("federated", m, targets, seed) for m in spec.methods]
-        for targets in spec.target_sets:
-            cells += [CellKey("centralised", m, targets, seed) for m in spec.centralised]
+        protocols = [protocol_of(spec, targets, seed) for targets in spec.target_sets]
+        for protocol in protocols:
+            cells += protocol.federated_keys()
+        for protocol in protocols:
+            cells += protocol.centralised_keys()
     return cells
 
 
@@ -144,7 +140,7 @@ class Runner:
         """Whether the cell's row is on disk (computed with the experiment's references)."""
         return key in self._done
 
-    def record(self, key: CellKey, row: dict[str, Any]) -> None:
+    def record(self, key: CellKey, row: dict[str, Any], phase: PhaseRecord | None = None) -> None:
         """Write a finished cell (with the references it was computed with, and where)."""
         from fedforget.provenance import provenance
 
@@ -187,144 +183,45 @@ class Runner:
         return self.computed
 
     def run_seed(self, grid: Any, seed: int) -> None:
-        """The ServerApp body of one seed: originals, then references and federated cells.
+        """The ServerApp body of one seed: originals, then each target set's protocol.
 
         One original serves every target set of the seed (the targets train in
         it as every client does), except in the backdoor scenario, where the
         target set decides which clients carry the trigger.
         """
-        from fedforget.comparison import (
-            load_references,
-            recovery_target,
-            run_cell,
-            save_references,
-            train_original,
-            train_references,
-        )
-
         spec = self.spec
         original = None
         for targets in spec.target_sets:
-            config = spec.cell_config(targets, seed)
-            keys = reference_keys(spec, targets, seed)
-            original_key = CellKey("federated", "original", targets, seed)
-            todo = [
-                m for m in spec.methods if not self.done(CellKey("federated", m, targets, seed))
-            ]
-            federated = bool(todo) or not all(self.done(k) for k in (*keys, original_key))
+            protocol = protocol_of(spec, targets, seed)
+            federated = not all(self.done(k) for k in protocol.federated_keys())
             if not federated and self.original_path(seed, targets).is_file():
                 continue
             if original is None or self.original_per_target:
-                original = train_original(grid, config, spec.methods)
+                original = train_original(grid, protocol.config, spec.methods)
             save_arrays(self.original_path(seed, targets), original.phase.arrays)
-            if not federated:
-                continue
-            references = train_references(
-                grid, config, load_references(config, spec.references), first=0
-            )
-            save_references(config, references)
-            target = recovery_target(config, references[0], spec.recovery_stop)
-            evaluate = CellEvaluator(config, [r.arrays for r in references], original.phase.arrays)
-            for index, key in enumerate(keys):
-                if not self.done(key):
-                    row = evaluate.phase_row(key.method, references[index], key.kind, index)
-                    self.record(key, row)
-            if not self.done(original_key):
-                self.record(original_key, evaluate.phase_row("original", original.phase))
-            for method in todo:
-                cell = run_cell(grid, config, method, original, target)
-                self.record(
-                    CellKey("federated", method, targets, seed), evaluate.cell_row(cell, target)
-                )
+            if federated:
+                protocol.federated(grid, original, self)
 
     def run_centralised(self, seed: int) -> None:
         """The seed's centralised cells, from its saved original model(s)."""
-        from fedforget.comparison import load_references
         from fedforget.federated.federation import read_arrays
 
         spec = self.spec
         for targets in spec.target_sets:
-            todo = [
-                m
-                for m in spec.centralised
-                if not self.done(CellKey("centralised", m, targets, seed))
-            ]
-            if not todo:
+            protocol = protocol_of(spec, targets, seed)
+            if all(self.done(k) for k in protocol.centralised_keys()):
                 continue
-            config = spec.cell_config(targets, seed)
-            references = load_references(config, spec.references)
+            references = load_references(protocol.config, spec.references)
             if any(r is None for r in references):
                 raise RuntimeError(
                     f"a retrained reference of targets {list(targets)}, seed {seed} is not in "
                     "the reference cache: run the experiment again to train it"
                 )
             original = read_arrays(self.original_path(seed, targets))
-            evaluate = CellEvaluator(config, [r.arrays for r in references if r], original)
-            for method in todo:
-                self.record(
-                    CellKey("centralised", method, targets, seed), evaluate.centralised_row(method)
-                )
+            protocol.centralised(original, [r.arrays for r in references if r], self)
 
 
-def reference_keys(spec: ExperimentSpec, targets: tuple[str, ...], seed: int) -> list[CellKey]:
-    """The cells of references 0..K-1 of one (target set, seed)."""
-    return [
-        CellKey("federated" if k == 0 else "reference", reference_name(k), targets, seed)
-        for k in range(spec.references)
-    ]
-
-
-class CellEvaluator:
-    """Rows of one (target set, seed): metrics against its retrained references."""
-
-    def __init__(
-        self, config: FederationConfig, references: list[Arrays], original: Arrays
-    ) -> None:
-        self.config, self.references, self.original = config, references, original
-
-    def _row(self, row: dict[str, Any], model: Any, leave_out: int | None = None) -> dict[str, Any]:
-        """``row`` with the cell metrics, against every reference but ``leave_out``."""
-        from fedforget.experiment.evaluation import cell_metrics
-
-        started = time.monotonic()
-        # a lone reference is compared with itself, as before there were several
-        references = [r for i, r in enumerate(self.references) if i != leave_out]
-        references = references or self.references
-        metrics = cell_metrics(self.config, model, references, self.original)
-        cost = {**row.get("cost", {}), "eval_s": round(time.monotonic() - started, 2)}
-        return {**row, **metrics, "cost": cost}
-
-    def phase_row(
-        self, name: str, phase: Any, kind: str = "federated", reference: int | None = None
-    ) -> dict[str, Any]:
-        """The row of the original or of reference ``reference`` (against the others)."""
-        from fedforget.comparison import model_row
-
-        row = model_row(self.config, name, phase.arrays, phase.cost(), kind=kind)
-        return self._row(row, phase.arrays, leave_out=reference)
-
-    def cell_row(self, cell: Any, target_score: float) -> dict[str, Any]:
-        """The row of a federated method's cell, with its recovery curve."""
-        from fedforget.comparison import cell_row
-
-        row = cell_row(self.config, cell, target_score)
-        if cell.record is None:
-            return row
-        first = self.config.unlearn_at_round
-        row["curve"] = [
-            {"after": h["round"] - first, **{k: v for k, v in h.items() if k.startswith("test_")}}
-            for h in cell.record.history
-        ]
-        return self._row(row, cell.record.final_arrays)
-
-    def centralised_row(self, name: str) -> dict[str, Any]:
-        """The row of a centralised method unlearning from the original model."""
-        from fedforget.comparison import centralised_cell, unlearning_data
-
-        row, model = centralised_cell(
-            self.config, self.original, name, unlearning_data(self.config)
-        )
-        return row if model is None else self._row(row, model)
+__all__ = ["CellKey", "Runner", "read_cells", "reference_keys", "run_experiment"]
 
 
 def prepare(spec_path: Path, out_dir: Path) -> ExperimentSpec:

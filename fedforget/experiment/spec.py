@@ -10,6 +10,7 @@ One TOML file per experiment in ``experiments/``::
     recovery-stop = "retrain-acc"            # or "budget"
     scenario = "client"                      # or "backdoor"; "random" / "class" (centralised only)
     references = 3                           # retrained references per cell (>= 2: noise floor)
+    metrics = ["svc_mia_prob", "kl_forget"]  # registry metrics besides the headline ("all")
 
     [config]                                 # run-config keys, as in --run-config
     dataset = "digits"
@@ -40,6 +41,7 @@ EXPERIMENT_KEYS = (
     "recovery-stop",
     "scenario",
     "references",
+    "metrics",
 )
 DEFAULT_REFERENCES = 3
 """Retrained references per (target set, seed) when an experiment file names none."""
@@ -57,6 +59,8 @@ class ExperimentSpec:
     seeds: tuple[int, ...]
     recovery_stop: str = "retrain-acc"
     references: int = DEFAULT_REFERENCES
+    metrics: tuple[str, ...] | None = None
+    """Registry metrics every row carries besides the headline ones (None: all that apply)."""
 
     def cell_config(self, targets: tuple[str, ...], seed: int) -> FederationConfig:
         """The run config of one (target set, seed)."""
@@ -80,8 +84,9 @@ def _names(value: Any, key: str, registered: list[str]) -> tuple[str, ...]:
         raise ConfigError(f'[experiment] {key} must be "all" or a list of names, got {value!r}')
     unknown = [v for v in value if v not in registered]
     if unknown:
+        what = "metric(s)" if key == "metrics" else "method(s)"
         raise ConfigError(
-            f"[experiment] {key} names unknown method(s) {', '.join(unknown)}; registered: "
+            f"[experiment] {key} names unknown {what} {', '.join(unknown)}; registered: "
             f"{', '.join(registered)}"
         )
     return tuple(dict.fromkeys(value))
@@ -152,6 +157,7 @@ def load_experiment(path: Path) -> ExperimentSpec:
     clients = scenario in CLIENT_SCENARIOS
     # outside the client scenarios the forget set is the scenario's, the same for every cell
     targets = _target_sets(experiment.get("targets", "each"), config) if clients else ((),)
+    metrics = _metrics(experiment.get("metrics", "all"))
     return ExperimentSpec(
         name=path.stem,
         config=config,
@@ -161,4 +167,14 @@ def load_experiment(path: Path) -> ExperimentSpec:
         seeds=tuple(dict.fromkeys(seeds)),
         recovery_stop=recovery_stop,
         references=references,
+        metrics=metrics,
     )
+
+
+def _metrics(value: Any) -> tuple[str, ...] | None:
+    """The ``metrics`` key: ``"all"`` (None: every registered metric that applies) or names."""
+    from fedforget.metrics.registry import METRICS
+
+    if value == "all":
+        return None
+    return _names(value, "metrics", list(METRICS))

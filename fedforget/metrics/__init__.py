@@ -71,6 +71,9 @@ from fedforget.metrics.registry import (
     evaluate_metrics,
     metric_info,
     metrics_metadata,
+    register,
+    table_metrics,
+    unregister,
 )
 from fedforget.metrics.ulira import (
     DEFAULT_SHADOW_PAIRS,
@@ -126,14 +129,17 @@ __all__ = [
     "nearest_classes",
     "neighbour_features",
     "recovery_rounds",
+    "register",
     "relearn_time",
     "scenario_metrics",
     "score_after_budget",
     "svc_features",
     "svc_mia",
+    "table_metrics",
     "ulira_accuracy",
     "ulira_cross_validated",
     "ulira_offline_auc",
     "ulira_scores",
+    "unregister",
     "yeom_mia",
 ]

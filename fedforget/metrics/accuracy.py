@@ -46,7 +46,13 @@ def model_score(context: MetricContext, splits: Splits, model: nn.Module, part: 
 
 
 TEST_ACC = MetricInfo(
-    "test_acc", "accuracy on the held-out test set", "accuracy", _RETRAINED, "higher", tasks=_CLS
+    "test_acc",
+    "accuracy on the held-out test set",
+    "accuracy",
+    _RETRAINED,
+    "higher",
+    tasks=_CLS,
+    headline=True,
 )
 FORGET_ACC = MetricInfo(
     "forget_acc",
@@ -55,6 +61,7 @@ FORGET_ACC = MetricInfo(
     _RETRAINED,
     "retrain",
     tasks=_CLS,
+    headline=True,
 )
 RETAIN_ACC = MetricInfo(
     "retain_acc",
@@ -63,6 +70,7 @@ RETAIN_ACC = MetricInfo(
     _RETRAINED,
     "higher",
     tasks=_CLS,
+    headline=True,
 )
 TEST_LOSS = MetricInfo(
     "test_loss",
@@ -70,18 +78,43 @@ TEST_LOSS = MetricInfo(
     "loss",
     _RETRAINED,
     "lower",
+    shown=False,
 )
 TEST_DICE = MetricInfo(
-    "test_dice", "test Dice with background", "dice", _RETRAINED, "higher", tasks=_SEG
+    "test_dice",
+    "test Dice with background",
+    "dice",
+    _RETRAINED,
+    "higher",
+    tasks=_SEG,
+    headline=True,
 )
 FORGET_DICE = MetricInfo(
-    "forget_dice", "forget-set Dice with background", "dice", _RETRAINED, "retrain", tasks=_SEG
+    "forget_dice",
+    "forget-set Dice with background",
+    "dice",
+    _RETRAINED,
+    "retrain",
+    tasks=_SEG,
+    headline=True,
 )
 RETAIN_DICE = MetricInfo(
-    "retain_dice", "retain-set Dice with background", "dice", _RETRAINED, "higher", tasks=_SEG
+    "retain_dice",
+    "retain-set Dice with background",
+    "dice",
+    _RETRAINED,
+    "higher",
+    tasks=_SEG,
+    headline=True,
 )
 TEST_DICE_FG = MetricInfo(
-    "test_dice_fg", "test Dice of the foreground classes", "dice", _RETRAINED, "higher", tasks=_SEG
+    "test_dice_fg",
+    "test Dice of the foreground classes",
+    "dice",
+    _RETRAINED,
+    "higher",
+    tasks=_SEG,
+    headline=True,
 )
 FORGET_DICE_FG = MetricInfo(
     "forget_dice_fg",
@@ -90,6 +123,7 @@ FORGET_DICE_FG = MetricInfo(
     _RETRAINED,
     "retrain",
     tasks=_SEG,
+    headline=True,
 )
 RETAIN_DICE_FG = MetricInfo(
     "retain_dice_fg",
@@ -98,6 +132,7 @@ RETAIN_DICE_FG = MetricInfo(
     _RETRAINED,
     "higher",
     tasks=_SEG,
+    headline=True,
 )
 
 

@@ -24,6 +24,7 @@ BACKDOOR_ASR = MetricInfo(
     "retrain",
     tasks=("classification",),
     scenarios=("backdoor",),
+    headline=True,
 )
 
 

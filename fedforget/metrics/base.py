@@ -299,6 +299,12 @@ class MetricInfo:
     scenarios : tuple[str, ...] (default: every forget scenario)
     requires : tuple[Requirement, ...] (default: ())
         Context entries needed beyond the unlearned model.
+    headline : bool (default: False)
+        A column of the terminal table of ``fedforget run`` / ``compare`` and
+        one of the first columns of the experiment report (in registry order).
+    shown : bool (default: True)
+        Whether the tables and the report show it; False for a diagnostic the
+        rows carry but no table needs (the test loss).
 
     """
 
@@ -311,6 +317,8 @@ class MetricInfo:
     tasks: tuple[str, ...] = TASKS
     scenarios: tuple[str, ...] = SCENARIOS
     requires: tuple[Requirement, ...] = ()
+    headline: bool = False
+    shown: bool = True
 
     def as_dict(self) -> dict[str, object]:
         """The metadata as a plain dict (for JSON and tables)."""

@@ -1,8 +1,10 @@
-"""The headline evaluation of ``fedforget compare`` and ``fedforget run``.
+"""The headline evaluation of one model: :func:`evaluate_unlearning` and its dataclasses.
 
 Four numbers per model (test, forget and retain accuracy or Dice, Yeom's MIA)
-plus the test loss, computed through the registry; the dataclasses keep the
-row schema the results writer and tables expect.
+plus the test loss, computed through the registry, for code that wants one
+model's headline as a typed value. The headline is the registry's
+(``MetricInfo.headline``); the experiment rows, the tables and the report read
+the registry directly (:mod:`fedforget.experiment.evaluation`).
 """
 
 from __future__ import annotations
@@ -14,25 +16,32 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from fedforget.metrics.base import MetricContext, Splits
-from fedforget.metrics.registry import evaluate_metrics, metric_info
+from fedforget.metrics.base import SCENARIOS, MetricContext, Splits
+from fedforget.metrics.registry import METRICS, evaluate_metrics, metric_info
 
 if TYPE_CHECKING:
     from fedforget.data import FederatedData, SplitDataset
     from fedforget.scenarios import ForgetSet
 
-METRIC_NAMES = ("test_acc", "forget_acc", "retain_acc", "mia_yeom")
-SEGMENTATION_METRIC_NAMES = (
-    "test_dice",
-    "forget_dice",
-    "retain_dice",
-    "mia_yeom",
-    "test_dice_fg",
-    "forget_dice_fg",
-    "retain_dice_fg",
-)
 
-SCENARIO_METRIC_NAMES = ("backdoor_asr",)
+def _headline(task: str, every_scenario: bool) -> tuple[str, ...]:
+    """The registry's headline metrics of ``task`` (of every scenario, or scenario-specific)."""
+    return tuple(
+        name
+        for name, metric in METRICS.items()
+        if metric.info.headline
+        and task in metric.info.tasks
+        and (set(metric.info.scenarios) == set(SCENARIOS)) == every_scenario
+    )
+
+
+METRIC_NAMES = _headline("classification", every_scenario=True)
+"""The classification headline (``test_acc``, ``forget_acc``, ``retain_acc``, ``mia_yeom``)."""
+SEGMENTATION_METRIC_NAMES = _headline("segmentation", every_scenario=True)
+"""The segmentation headline: Dice with background, ``mia_yeom``, Dice of the foreground."""
+SCENARIO_METRIC_NAMES = tuple(
+    dict.fromkeys((*_headline("classification", False), *_headline("segmentation", False)))
+)
 """Metrics a scenario adds to the headline where they apply (the backdoor's attack success)."""
 
 

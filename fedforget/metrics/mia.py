@@ -46,6 +46,7 @@ MIA_YEOM = MetricInfo(
     _MEMBER,
     _RETRAINED,
     "retrain",
+    headline=True,
 )
 
 

@@ -63,6 +63,7 @@ RECOVERY_ROUNDS = MetricInfo(
     "as few as possible (after them the test score matches retraining)",
     "lower",
     requires=("history", "retrained"),
+    shown=False,  # the tables show the run's own recovery rounds in a column of their own
 )
 SCORE_AFTER_BUDGET = MetricInfo(
     "score_after_budget",

@@ -1,12 +1,16 @@
 """The metric registry: one line per metric, and how to evaluate a selection.
 
 Adding a metric = one function ``(MetricContext, Splits) -> float`` with its
-:class:`~fedforget.metrics.base.MetricInfo`, and one line in ``METRICS``.
+:class:`~fedforget.metrics.base.MetricInfo`, and one line in ``METRICS`` (or,
+from outside the package, one call of :func:`register`). Every output reads
+the registry: the experiment rows carry what it computed, and the tables and
+the report choose and order their columns by :func:`table_metrics` (headline
+metrics first, in registry order, then the other shown ones by name).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import fedforget.metrics.accuracy as accuracy
 import fedforget.metrics.backdoor as backdoor
@@ -27,11 +31,11 @@ METRICS: dict[str, Metric] = {
         Metric(accuracy.TEST_DICE, accuracy.test_dice),
         Metric(accuracy.FORGET_DICE, accuracy.forget_dice),
         Metric(accuracy.RETAIN_DICE, accuracy.retain_dice),
+        Metric(mia.MIA_YEOM, mia.mia_yeom),
         Metric(accuracy.TEST_DICE_FG, accuracy.test_dice_fg),
         Metric(accuracy.FORGET_DICE_FG, accuracy.forget_dice_fg),
         Metric(accuracy.RETAIN_DICE_FG, accuracy.retain_dice_fg),
         Metric(accuracy.TEST_LOSS, accuracy.test_loss),
-        Metric(mia.MIA_YEOM, mia.mia_yeom),
         Metric(mia.SVC_MIA_CORRECTNESS, mia.svc_mia_correctness),
         Metric(mia.SVC_MIA_CONFIDENCE, mia.svc_mia_confidence),
         Metric(mia.SVC_MIA_ENTROPY, mia.svc_mia_entropy),
@@ -51,6 +55,47 @@ METRICS: dict[str, Metric] = {
         Metric(recovery.RELEARN_STEPS, recovery.relearn_steps),
     )
 }
+
+
+def register(metric: Metric) -> None:
+    """Add ``metric`` to the registry (from a plug-in or a test): every output then shows it.
+
+    Raises
+    ------
+    ValueError
+        When a metric of the same name is registered already.
+
+    """
+    name = metric.info.name
+    if name in METRICS:
+        raise ValueError(f"a metric named {name!r} is registered already: choose another name")
+    METRICS[name] = metric
+
+
+def unregister(name: str) -> None:
+    """Remove a metric added by :func:`register` (unknown names are ignored)."""
+    METRICS.pop(name, None)
+
+
+def table_metrics(present: Iterable[str]) -> tuple[str, ...]:
+    """The columns a table or report shows of the metrics ``present`` (in any order).
+
+    Registered ``headline`` metrics first, in registry order, then the other
+    registered metrics that are ``shown``, by name; names the registry does not
+    know (costs, ``update_norm``) are left out.
+    """
+    names = set(present)
+    headline = [n for n, m in METRICS.items() if n in names and m.info.headline]
+    rest = sorted(
+        n for n, m in METRICS.items() if n in names and m.info.shown and not m.info.headline
+    )
+    return (*headline, *rest)
+
+
+def headline_metrics_of(present: Iterable[str]) -> tuple[str, ...]:
+    """The registered ``headline`` metrics among ``present``, in registry order."""
+    names = set(present)
+    return tuple(n for n, m in METRICS.items() if n in names and m.info.headline)
 
 
 def metric_info(name: str) -> MetricInfo:
