@@ -20,6 +20,7 @@ keeps the experiment file; a different file for the same ``DIR`` is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -43,19 +44,43 @@ ORIGINALS_DIR = "originals"
 
 @dataclass(frozen=True)
 class CellKey:
-    """One cell: a method (or ``original`` / ``retrain``), a target set, a seed."""
+    """One cell: a method (or ``original`` / ``retrain``), a target set, a seed.
+
+    ``variant`` names the method's settings when they are not its defaults
+    (:func:`settings_variant`): cells computed with other settings never stand
+    in for one another, and a cell with the defaults keeps the path it always had.
+    """
 
     kind: str
     method: str
     targets: tuple[str, ...]
     seed: int
+    variant: str = ""
 
     def path(self, out_dir: Path) -> Path:
         """Where the cell's row is written."""
         targets = "+".join(self.targets) or "scenario"
-        return (
-            out_dir / CELLS_DIR / f"seed-{self.seed}" / targets / f"{self.kind}-{self.method}.json"
-        )
+        name = f"{self.kind}-{self.method}" + (f"@{self.variant}" if self.variant else "")
+        return out_dir / CELLS_DIR / f"seed-{self.seed}" / targets / f"{name}.json"
+
+
+def settings_variant(config: FederationConfig, kind: str, method: str) -> str:
+    """A short hash of ``method``'s settings that differ from its defaults ('' if none)."""
+    from fedforget.methods import method_class
+    from fedforget.methods.centralised import centralised_class
+
+    table = (method_class(method) if kind == "federated" else centralised_class(method)).table
+    changed = [(k, v) for k, v in config.method_settings if k.startswith(f"{table}.")]
+    if not changed:
+        return ""
+    return hashlib.sha256(json.dumps(changed).encode()).hexdigest()[:10]
+
+
+def method_cell(
+    spec: ExperimentSpec, kind: str, method: str, targets: tuple[str, ...], seed: int
+) -> CellKey:
+    """The cell of a federated or centralised method, keyed by its settings in ``spec``."""
+    return CellKey(kind, method, targets, seed, settings_variant(spec.config, kind, method))
 
 
 def all_cells(spec: ExperimentSpec) -> list[CellKey]:
@@ -69,9 +94,9 @@ def all_cells(spec: ExperimentSpec) -> list[CellKey]:
                 for k in range(1, spec.references)
             ]
             cells.append(CellKey("federated", "original", targets, seed))
-            cells += [CellKey("federated", m, targets, seed) for m in spec.methods]
+            cells += [method_cell(spec, "federated", m, targets, seed) for m in spec.methods]
         for targets in spec.target_sets:
-            cells += [CellKey("centralised", m, targets, seed) for m in spec.centralised]
+            cells += [method_cell(spec, "centralised", m, targets, seed) for m in spec.centralised]
     return cells
 
 
@@ -209,7 +234,9 @@ class Runner:
             keys = reference_keys(spec, targets, seed)
             original_key = CellKey("federated", "original", targets, seed)
             todo = [
-                m for m in spec.methods if not self.done(CellKey("federated", m, targets, seed))
+                m
+                for m in spec.methods
+                if not self.done(method_cell(spec, "federated", m, targets, seed))
             ]
             federated = bool(todo) or not all(self.done(k) for k in (*keys, original_key))
             if not federated and self.original_path(seed, targets).is_file():
@@ -234,7 +261,8 @@ class Runner:
             for method in todo:
                 cell = run_cell(grid, config, method, original, target)
                 self.record(
-                    CellKey("federated", method, targets, seed), evaluate.cell_row(cell, target)
+                    method_cell(spec, "federated", method, targets, seed),
+                    evaluate.cell_row(cell, target),
                 )
 
     def run_centralised(self, seed: int) -> None:
@@ -247,7 +275,7 @@ class Runner:
             todo = [
                 m
                 for m in spec.centralised
-                if not self.done(CellKey("centralised", m, targets, seed))
+                if not self.done(method_cell(spec, "centralised", m, targets, seed))
             ]
             if not todo:
                 continue
@@ -262,7 +290,8 @@ class Runner:
             evaluate = CellEvaluator(config, [r.arrays for r in references if r], original)
             for method in todo:
                 self.record(
-                    CellKey("centralised", method, targets, seed), evaluate.centralised_row(method)
+                    method_cell(spec, "centralised", method, targets, seed),
+                    evaluate.centralised_row(method),
                 )
 
 
@@ -363,8 +392,13 @@ def run_experiment(
     from fedforget.experiment.results import write_experiment_results
 
     spec = prepare(spec_path, out_dir)
-    computed = Runner(spec, out_dir, num_cpus, progress).run()
-    write_experiment_results(out_dir, list(read_cells(out_dir)))
+    if spec.settings_from is not None:  # the report's "How each method was set"
+        shutil.copyfile(spec.settings_from, out_dir / "tuned.toml")
+    runner = Runner(spec, out_dir, num_cpus, progress)
+    computed = runner.run()
+    # only this experiment's cells: not those of settings it no longer uses
+    rows = [json.loads(k.path(out_dir).read_text()) for k in runner.cells]
+    write_experiment_results(out_dir, rows)
     if after is not None:
         after(out_dir)
     return computed

@@ -8,6 +8,7 @@ One TOML file per experiment in ``experiments/``::
     targets = "each"                         # every client in turn, or [["0"], ["0", "5"]]
     seeds = [0, 1, 2]
     recovery-stop = "retrain-acc"            # or "budget"
+    settings-from = "tuned.toml"             # methods' settings chosen by `fedforget tune`
     scenario = "client"                      # or "backdoor"; "random" / "class" (centralised only)
     references = 3                           # retrained references per cell (>= 2: noise floor)
 
@@ -40,6 +41,7 @@ EXPERIMENT_KEYS = (
     "recovery-stop",
     "scenario",
     "references",
+    "settings-from",
 )
 DEFAULT_REFERENCES = 3
 """Retrained references per (target set, seed) when an experiment file names none."""
@@ -57,6 +59,8 @@ class ExperimentSpec:
     seeds: tuple[int, ...]
     recovery_stop: str = "retrain-acc"
     references: int = DEFAULT_REFERENCES
+    settings_from: Path | None = None
+    """The ``tuned.toml`` whose chosen settings the experiment runs with (``settings-from``)."""
 
     def cell_config(self, targets: tuple[str, ...], seed: int) -> FederationConfig:
         """The run config of one (target set, seed)."""
@@ -129,6 +133,9 @@ def load_experiment(path: Path) -> ExperimentSpec:
             f"unknown [experiment] key(s) {', '.join(unknown)}; valid: {', '.join(EXPERIMENT_KEYS)}"
         )
     settings = _flatten(document.get("config", {}))
+    settings_from = None
+    if "settings-from" in experiment:
+        settings_from = _settings_from(path, experiment["settings-from"], settings)
     scenario = experiment.get("scenario", "client")
     settings["forget-scenario"] = scenario
     config = FederationConfig.from_run_config(settings)
@@ -161,4 +168,28 @@ def load_experiment(path: Path) -> ExperimentSpec:
         seeds=tuple(dict.fromkeys(seeds)),
         recovery_stop=recovery_stop,
         references=references,
+        settings_from=settings_from,
     )
+
+
+def _settings_from(path: Path, value: Any, settings: dict[str, Any]) -> Path:
+    """Add the chosen settings of the ``tuned.toml`` that ``value`` names to ``settings``.
+
+    The file's path is relative to the experiment file. A key the experiment's
+    [config] sets to another value is refused: one place decides each setting.
+    """
+    from fedforget.experiment.tune import tuned_settings
+
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"[experiment] settings-from must be the path of a tuned.toml, got {value!r}"
+        )
+    tuned_path = (path.parent / value).resolve()
+    for key, chosen in tuned_settings(tuned_path).items():
+        if key in settings and settings[key] != chosen:
+            raise ConfigError(
+                f"[config] sets {key} = {settings[key]!r}, but settings-from {value} chose "
+                f"{chosen!r}: remove one of them"
+            )
+        settings[key] = chosen
+    return tuned_path
