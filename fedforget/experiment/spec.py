@@ -113,8 +113,12 @@ def _target_sets(value: Any, config: FederationConfig) -> tuple[tuple[str, ...],
     return sets
 
 
-def load_experiment(path: Path) -> ExperimentSpec:
-    """Parse and check an experiment file; errors name the key and say what to write."""
+def load_experiment(path: Path, settings_from: bool = True) -> ExperimentSpec:
+    """Parse and check an experiment file; errors name the key and say what to write.
+
+    ``settings_from`` False leaves out the settings ``[experiment] settings-from``
+    names (``fedforget tune`` tunes from the defaults).
+    """
     from fedforget.methods import method_names
     from fedforget.methods.centralised import centralised_names
 
@@ -133,9 +137,9 @@ def load_experiment(path: Path) -> ExperimentSpec:
             f"unknown [experiment] key(s) {', '.join(unknown)}; valid: {', '.join(EXPERIMENT_KEYS)}"
         )
     settings = _flatten(document.get("config", {}))
-    settings_from = None
-    if "settings-from" in experiment:
-        settings_from = _settings_from(path, experiment["settings-from"], settings)
+    tuned = None
+    if "settings-from" in experiment and settings_from:
+        tuned = _settings_from(path, experiment["settings-from"], settings)
     scenario = experiment.get("scenario", "client")
     settings["forget-scenario"] = scenario
     config = FederationConfig.from_run_config(settings)
@@ -168,7 +172,7 @@ def load_experiment(path: Path) -> ExperimentSpec:
         seeds=tuple(dict.fromkeys(seeds)),
         recovery_stop=recovery_stop,
         references=references,
-        settings_from=settings_from,
+        settings_from=tuned,
     )
 
 

@@ -36,7 +36,9 @@ Trials run one after another.
 
 ``DIR/tuned.toml`` records, per method, the chosen settings, the validation
 score, the paper-default score, the budget, the space and each trial's score.
-An experiment file names it in ``[experiment] settings-from`` to run with them.
+An experiment file names it in ``[experiment] settings-from`` to run with them
+(the tuning itself leaves ``settings-from`` out: it tunes from the defaults,
+so one file can declare both the tuning and the tuned run).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import math
 import shutil
 import time
 import tomllib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,6 +349,7 @@ class Tuner:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(
             seed=self.tune.sampler_seed + number, constraints_func=_constraints
         )
@@ -631,7 +635,9 @@ def run_tuning(
     spec_path: Path, out_dir: Path, num_cpus: int | None = None, progress: bool = True
 ) -> list[dict[str, Any]]:
     """``fedforget tune``: check everything, run the missing trials, write ``tuned.toml``."""
-    spec = load_spec_for_tuning(spec_path)
+    from fedforget.experiment.spec import load_experiment
+
+    spec = load_experiment(spec_path, settings_from=False)  # trial 0: the paper's defaults
     tune = load_tune(spec_path, spec)
     bind(spec_path, out_dir)
     return Tuner(spec, tune, out_dir, num_cpus, progress).run()
@@ -655,16 +661,3 @@ def bind(spec_path: Path, out_dir: Path) -> None:
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spec_path, kept)
-
-
-def load_spec_for_tuning(spec_path: Path) -> ExperimentSpec:
-    """The experiment of ``spec_path`` (its ``settings-from`` is refused: tune from defaults)."""
-    from fedforget.experiment.spec import load_experiment
-
-    spec = load_experiment(spec_path)
-    if spec.settings_from is not None:
-        raise ConfigError(
-            f"{spec_path} takes its settings from {spec.settings_from}: tune with the "
-            "experiment file that does not name settings-from (trial 0 is the paper's defaults)"
-        )
-    return spec
