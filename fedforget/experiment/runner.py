@@ -149,8 +149,13 @@ class Runner:
         out_dir: Path,
         num_cpus: int | None = None,
         progress: bool = True,
+        observers: tuple[str, ...] = (),
     ) -> None:
         self.spec, self.out_dir, self.num_cpus = spec, out_dir, num_cpus
+        self.observers = observers
+        """More methods that observe the originals (``fedforget tune``'s, for its trials)."""
+        self.originals: dict[tuple[tuple[str, ...], int], Any] = {}
+        """The originals this runner trained, by (target set, seed)."""
         self.cells = all_cells(spec)
         self._done = {key for key in self.cells if self._on_disk(key)}
         self.progress = Progress(len(self.cells), len(self._done), progress)
@@ -242,7 +247,8 @@ class Runner:
             if not federated and self.original_path(seed, targets).is_file():
                 continue
             if original is None or self.original_per_target:
-                original = train_original(grid, config, spec.methods)
+                original = train_original(grid, config, (*spec.methods, *self.observers))
+            self.originals[(targets, seed)] = original
             save_arrays(self.original_path(seed, targets), original.phase.arrays)
             if not federated:
                 continue

@@ -340,8 +340,8 @@ class Tuner:
             for seed in self.validation.seeds
             for targets in self.validation.target_sets
         ]
-        self.trial_seconds: list[float] = []
-        """Wall time of each trial this call ran (for the benchmark)."""
+        self.trial_seconds: list[tuple[str, str, float]] = []
+        """(kind, method, wall seconds) of each trial this call ran (for the benchmark)."""
 
     # ------------------------------------------------------------- studies
     def study(self, kind: str, name: str, number: int = 0) -> optuna.Study:
@@ -362,8 +362,14 @@ class Tuner:
         )
 
     def budget(self, kind: str, name: str) -> int:
-        """The method's budget: ``trials``, or 1 (its defaults) when its space is empty."""
-        return self.tune.trials if method_type(kind, name).space else 1
+        """The method's budget: ``trials``, or 1 (its defaults, which say why).
+
+        One trial for a method with an empty space, and for a centralised
+        method that refuses the experiment's scenario.
+        """
+        cls = method_type(kind, name)
+        refuses = kind == "centralised" and self.spec.config.forget_scenario not in cls.scenarios
+        return self.tune.trials if cls.space and not refuses else 1
 
     def remaining(self, kind: str, name: str) -> int:
         """Trials left of the method's budget; an interrupted trial is queued again."""
@@ -390,9 +396,10 @@ class Tuner:
     # -------------------------------------------------------------- running
     def run(self) -> list[dict[str, Any]]:
         """Run every method's missing trials; write and return the tuned entries."""
-        Runner(self.validation, self.out_dir, self.num_cpus, self.progress).run()
         federated = [n for k, n in self.tune.methods if k == "federated" and self.remaining(k, n)]
-        if federated:
+        if not federated:  # the validation cells' references and originals, if missing
+            Runner(self.validation, self.out_dir, self.num_cpus, self.progress).run()
+        else:  # the same, in the simulation of the federated trials
             from fedforget.simulation import simulate_app
 
             simulate_app(
@@ -419,18 +426,29 @@ class Tuner:
         return entries
 
     def _federated(self, grid: Any, names: Sequence[str]) -> None:
-        """The ServerApp body: each seed's original once, then every federated trial."""
+        """The ServerApp body: the validation cells' references and originals, then every trial.
+
+        Each seed's original is trained once, with the tuned methods observing
+        it: by the experiment runner when the validation cells' references or
+        originals are missing (it writes them), else here.
+        """
         from fedforget.comparison import load_references, recovery_target, train_original
 
         validation = self.validation
+        runner = Runner(validation, self.out_dir, progress=self.progress, observers=tuple(names))
+        for seed in validation.seeds:
+            runner.run_seed(grid, seed)
+        originals = runner.originals
         per_target = validation.config.forget_scenario == "backdoor"
-        originals: dict[tuple[tuple[str, ...], int], Any] = {}
         for targets, seed in self.cells:
-            if per_target or not any(s == seed for _, s in originals):
+            if (targets, seed) in originals:
+                continue
+            same_seed = [o for (_, s), o in originals.items() if s == seed]
+            if per_target or not same_seed:
                 config = validation.cell_config(targets, seed)
                 originals[(targets, seed)] = train_original(grid, config, names)
             else:
-                originals[(targets, seed)] = next(o for (_, s), o in originals.items() if s == seed)
+                originals[(targets, seed)] = same_seed[0]
 
         def cells(name: str, spec: ExperimentSpec) -> dict[tuple[tuple[str, ...], int], Any]:
             def one(targets: tuple[str, ...], seed: int) -> dict[str, Any]:
@@ -495,7 +513,7 @@ class Tuner:
                     kind, name, with_settings(self.validation, cls.table, settings), compute
                 )
             )
-            self.trial_seconds.append(time.monotonic() - started)
+            self.trial_seconds.append((kind, name, time.monotonic() - started))
             if outcome.reason:
                 trial.set_user_attr("reason", outcome.reason)
                 study.tell(trial, state=TrialState.FAIL)
@@ -511,7 +529,7 @@ class Tuner:
             if self.progress:
                 print(
                     f"tune: {kind} {name} trial {trial.number} {settings}: {state}, "
-                    f"{self.trial_seconds[-1]:.0f} s",
+                    f"{self.trial_seconds[-1][2]:.0f} s",
                     flush=True,
                 )
 
