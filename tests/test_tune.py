@@ -268,3 +268,29 @@ def test_a_killed_tuning_resumes_and_a_diverging_trial_fails_without_stopping_it
     assert entry["settings"]["lr"] != 1e5
     # the cells of the earlier trials were reused, not computed again
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+
+
+def test_the_figure_follows_the_best_feasible_score_and_the_table_says_why_none():
+    from fedforget.experiment.tune_report import best_so_far, tuning_rows
+
+    curve = best_so_far([0.5, math.nan, 0.3, 0.1], [True, False, True, False], minimize=True)
+    assert curve == [0.5, 0.5, 0.3, 0.3]  # 0.1 broke the test-accuracy constraint
+    assert best_so_far([0.5, 0.7], [True, True], minimize=False) == [0.5, 0.7]
+    (row,) = tuning_rows(
+        {
+            "centralised": {
+                "trw": {
+                    "space": {"tilt": "log-uniform [0.5, 10]"},
+                    "budget": 1,
+                    "settings": {},
+                    "score": math.nan,
+                    "feasible": False,
+                    "default-score": math.nan,
+                    "default-feasible": False,
+                    "failed": ["trial 0: trw serves the class scenario(s), not client"],
+                }
+            }
+        }
+    )
+    assert row[0] == "trw (c)" and row[2] == "1 (1 failed)"
+    assert row[4] == "no result (trial 0: trw serves the class scenario(s), not client)"

@@ -38,7 +38,10 @@ def tuning_rows(tuned: dict[str, Any]) -> list[list[str]]:
         for name, entry in tuned.get(kind, {}).items():
             space = "; ".join(f"{k}: {v}" for k, v in entry["space"].items()) or "nothing to tune"
             score = _number(entry["score"])
-            if not entry["feasible"]:
+            if math.isnan(entry["score"]):  # no trial finished: the first reason says why
+                first = entry["failed"][0] if entry.get("failed") else "no trial ran"
+                score = f"no result ({first})"
+            elif not entry["feasible"]:
                 score += " (infeasible: no trial kept test accuracy)"
             failed = len(entry.get("failed", []))
             budget = f"{entry['budget']}" + (f" ({failed} failed)" if failed else "")
