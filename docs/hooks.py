@@ -145,6 +145,30 @@ def method_settings() -> str:
     return markdown_table(("table", "read by", "keys and defaults"), rows)
 
 
+def search_spaces() -> str:
+    """Every method's search space (``space``): what ``fedforget tune`` may vary."""
+    from fedforget.methods import method_class, method_names
+    from fedforget.methods.centralised import centralised_class, centralised_names
+    from fedforget.methods.space import describe_space
+
+    classes = [
+        *((f"`{n}`", method_class(n)) for n in method_names()),
+        *((f"`{n}` (centralised)", centralised_class(n)) for n in centralised_names()),
+    ]
+    rows = [
+        (
+            label,
+            "; ".join(
+                f"`{key}`: {text} (default {code(cls.defaults[key])})"
+                for key, text in describe_space(cls.space).items()
+            )
+            or "nothing to tune",
+        )
+        for label, cls in classes
+    ]
+    return markdown_table(("method", "search space"), rows)
+
+
 # ------------------------------------------------------------------ methods
 def describe_needs(needs: Any) -> str:
     """A method's :class:`~fedforget.methods.base.Needs` in words."""
@@ -455,6 +479,34 @@ def experiment_cells() -> str:
     )
 
 
+def tune_budget() -> str:
+    """Seconds per trial of ``fedforget tune`` (``tune_budget.json``)."""
+    data = record("tune_budget")
+    rows = [
+        (
+            name,
+            str(m["trials"]),
+            seconds(m["median_trial_s"]),
+            f"{m['estimated_budget_s'] / 60:.1f} min",
+        )
+        for name, m in data["methods"].items()
+    ]
+    reduced = " ".join(f"`{item}`" for item in data["reduced"]) or "none"
+    return (
+        markdown_table(
+            ("method", "trials run", "median trial", f"estimate at {data['full_trials']} trials"),
+            rows,
+        )
+        + f"\n\n`{data['command']}` ({data['experiment']}; reductions: {reduced}): "
+        f"{data['total_s']:.0f} s in all, of which {data['outside_trials_s']:.0f} s outside the "
+        f"trials (the validation cells' references and originals, the simulation's start). "
+        f"Estimate of these methods' budget at {data['full_trials']} trials: "
+        f"{data['estimated_full_budget_s'] / 60:.0f} min (an estimate from the median trials, "
+        f"not a measurement). Load average at the start: {data['load_average_at_start']:.1f}. "
+        f"On {machine(data)}."
+    )
+
+
 def many_clients() -> str:
     """10 to 10,000 simulated clients with the disk store (``many_clients.json``)."""
     data = record("many_clients")
@@ -613,6 +665,7 @@ def experiment_table() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "config-keys": config_keys,
     "method-settings": method_settings,
+    "search-spaces": search_spaces,
     "federated-methods": federated_methods,
     "method-deviations": method_deviations,
     "centralised-methods": centralised_methods,
@@ -630,6 +683,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "store-dtype": store_dtype,
     "experiment-cells": experiment_cells,
     "many-clients": many_clients,
+    "tune-budget": tune_budget,
     "fault-trials": fault_trials,
     "experiment-digits-each": experiment_table,
 }

@@ -93,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument(
         "--no-report", action="store_true", help="do not write the report after the cells"
     )
+    tune = commands.add_parser(
+        "tune",
+        help="choose each method's settings on an experiment's validation cells (its [tune] "
+        "table; Optuna, resumable)",
+    )
+    tune.add_argument("file", type=Path, help="experiment file with a [tune] table")
+    tune.add_argument(
+        "--out", type=Path, required=True, help="tuning folder (optuna.db, cells, tuned.toml)"
+    )
+    tune.add_argument("--num-cpus", type=int, help="CPUs for Ray (default: all)")
     report = commands.add_parser(
         "report", help="write DIR/report.md, report.html and figures from an experiment's results"
     )
@@ -247,6 +257,21 @@ def command_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_tune(args: argparse.Namespace) -> int:
+    """``fedforget tune FILE --out DIR``: every method's trials, then DIR/tuned.toml."""
+    from fedforget.experiment.tune import TUNED_FILE, run_tuning
+
+    entries = run_tuning(args.file, args.out, args.num_cpus)
+    for entry in entries:
+        verdict = "" if entry["feasible"] else " (no trial kept test accuracy)"
+        print(
+            f"tune: {entry['kind']} {entry['method']}: {entry['settings']} scores "
+            f"{entry['score']:.4f} (paper defaults {entry['default-score']:.4f}){verdict}"
+        )
+    print(f"tune: chosen settings in {args.out / TUNED_FILE}")
+    return 0
+
+
 def command_report(args: argparse.Namespace) -> int:
     """``fedforget report DIR``."""
     from fedforget.experiment.report import write_report
@@ -278,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             return command_run(args)
         if args.command == "experiment":
             return command_experiment(args)
+        if args.command == "tune":
+            return command_tune(args)
         if args.command == "report":
             return command_report(args)
         if args.command == "analyse":

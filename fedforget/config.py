@@ -549,9 +549,7 @@ KEY_HELP: dict[str, str] = {
         "references with other training seeds then share the data."
     ),
     "backdoor-target-class": "The label the trigger carries in the `backdoor` scenario.",
-    "backdoor-patch-size": (
-        "Side of the square trigger in pixels (it must fit the images)."
-    ),
+    "backdoor-patch-size": ("Side of the square trigger in pixels (it must fit the images)."),
     "backdoor-patch-value": (
         "Pixel value of the trigger in units of the training inputs' range above the "
         "darkest pixel (0: the darkest, 1: the brightest; 3 is brighter than any clean image)."

@@ -85,8 +85,15 @@ def test_every_experiment_configuration_is_valid(path):
     from fedforget.cli import parse_run_config
     from fedforget.experiment.spec import load_experiment
 
-    if "experiment" in tomllib.loads(path.read_text()):
-        config = load_experiment(path).config
+    document = tomllib.loads(path.read_text())
+    if "experiment" in document:
+        # settings-from names what `fedforget tune` writes, which may not exist yet
+        spec = load_experiment(path, settings_from=False)
+        if "tune" in document:
+            from fedforget.experiment.tune import load_tune
+
+            load_tune(path, spec)
+        config = spec.config
     else:
         config = FederationConfig.from_run_config(parse_run_config([str(path)]))
     assert config.num_server_rounds > config.unlearn_at_round

@@ -25,6 +25,8 @@ cells the recorder has already are skipped.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,19 +62,36 @@ class Plan:
 
 @dataclass(frozen=True)
 class CellKey:
-    """One cell: a method (or ``original`` / ``retrain``), a target set, a seed."""
+    """One cell: a method (or ``original`` / ``retrain``), a target set, a seed.
+
+    ``variant`` names the method's settings when they are not its defaults
+    (:func:`settings_variant`): cells computed with other settings never stand
+    in for one another, and a cell with the defaults keeps the path it always had.
+    """
 
     kind: str
     method: str
     targets: tuple[str, ...]
     seed: int
+    variant: str = ""
 
     def path(self, out_dir: Path) -> Path:
         """Where the cell's row is written (``fedforget experiment``)."""
         targets = "+".join(self.targets) or "scenario"
-        return (
-            out_dir / CELLS_DIR / f"seed-{self.seed}" / targets / f"{self.kind}-{self.method}.json"
-        )
+        name = f"{self.kind}-{self.method}" + (f"@{self.variant}" if self.variant else "")
+        return out_dir / CELLS_DIR / f"seed-{self.seed}" / targets / f"{name}.json"
+
+
+def settings_variant(config: FederationConfig, kind: str, method: str) -> str:
+    """A short hash of ``method``'s settings that differ from its defaults ('' if none)."""
+    from fedforget.methods import method_class
+    from fedforget.methods.centralised import centralised_class
+
+    table = (method_class(method) if kind == "federated" else centralised_class(method)).table
+    changed = [(k, v) for k, v in config.method_settings if k.startswith(f"{table}.")]
+    if not changed:
+        return ""
+    return hashlib.sha256(json.dumps(changed).encode()).hexdigest()[:10]
 
 
 class Recorder(Interface):
@@ -112,8 +131,9 @@ class Protocol:
         self.config, self.plan, self.targets, self.seed = config, plan, targets, seed
 
     def key(self, kind: str, method: str) -> CellKey:
-        """The cell of ``method`` (of ``kind``) in this (target set, seed)."""
-        return CellKey(kind, method, self.targets, self.seed)
+        """The cell of ``method`` (of ``kind``) in this (target set, seed), by its settings."""
+        variant = "" if method == "original" else settings_variant(self.config, kind, method)
+        return CellKey(kind, method, self.targets, self.seed, variant)
 
     def federated_keys(self) -> list[CellKey]:
         """The references', the original's and the federated methods' cells, in order."""

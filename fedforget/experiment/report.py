@@ -417,6 +417,10 @@ def write_report(out_dir: Path) -> list[Path]:
         markdown += ["", "## Cells without a result", "", REFUSED_INTRO, ""]
         markdown += ["| method | cells (target set/seed) | reason |", "|---|---|---|"]
         markdown += ["| " + " | ".join(row) + " |" for row in refused]
+    from fedforget.experiment.tune_report import tuning_section
+
+    tuning_md, tuning_html, tuning_files = tuning_section(out_dir, FIGURES_DIR)
+    markdown += tuning_md
     for title, path in figures:
         markdown += ["", f"## {title}", "", f"![{title}]({path})"]
     machines = _provenance(out_dir)
@@ -462,7 +466,8 @@ def write_report(out_dir: Path) -> list[Path]:
         f"<h1>Experiment report: {html.escape(out_dir.name)}</h1><p>{html.escape(intro)}</p>"
         "<table><tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        + f"</tr>{cells}</table>{verdicts_html}{refused_html}{images}{machines_html}"
+        + f"</tr>{cells}</table>{verdicts_html}{refused_html}{tuning_html}{images}"
+        f"{machines_html}"
         "</body></html>"
     )
     (out_dir / REPORT_HTML).write_text(page)
@@ -470,4 +475,5 @@ def write_report(out_dir: Path) -> list[Path]:
         out_dir / REPORT_MD,
         out_dir / REPORT_HTML,
         *(out_dir / path for _, path in figures),
+        *tuning_files,
     ]

@@ -13,7 +13,9 @@ the references (a reference against the others), and records K: a row
 computed with another K is computed again.
 
 Each finished cell is written at once to ``DIR/cells/seed-<s>/<targets>/<kind>-<method>.json``
-(atomically), so an interrupted run started again with the same file and
+(``<kind>-<method>@<hash>.json`` when the method's settings are not its
+defaults: :func:`~fedforget.experiment.protocol.settings_variant`;
+atomically), so an interrupted run started again with the same file and
 ``--out`` computes only the cells that are missing. ``DIR/experiment.toml``
 keeps the experiment file; a different file for the same ``DIR`` is refused.
 """
@@ -33,7 +35,14 @@ import numpy as np
 from fedforget.arrays import Arrays
 from fedforget.config import ConfigError
 from fedforget.experiment.phases import train_original
-from fedforget.experiment.protocol import CELLS_DIR, CellKey, Plan, Protocol, reference_keys
+from fedforget.experiment.protocol import (
+    CELLS_DIR,
+    CellKey,
+    Plan,
+    Protocol,
+    reference_keys,
+    settings_variant,
+)
 from fedforget.experiment.records import PhaseRecord
 from fedforget.experiment.references import load_references
 from fedforget.experiment.spec import ExperimentSpec, load_experiment
@@ -120,8 +129,13 @@ class Runner:
         out_dir: Path,
         num_cpus: int | None = None,
         progress: bool = True,
+        observers: tuple[str, ...] = (),
     ) -> None:
         self.spec, self.out_dir, self.num_cpus = spec, out_dir, num_cpus
+        self.observers = observers
+        """More methods that observe the originals (``fedforget tune``'s, for its trials)."""
+        self.originals: dict[tuple[tuple[str, ...], int], Any] = {}
+        """The originals this runner trained, by (target set, seed)."""
         self.cells = all_cells(spec)
         self._done = {key for key in self.cells if self._on_disk(key)}
         self.progress = Progress(len(self.cells), len(self._done), progress)
@@ -197,7 +211,8 @@ class Runner:
             if not federated and self.original_path(seed, targets).is_file():
                 continue
             if original is None or self.original_per_target:
-                original = train_original(grid, protocol.config, spec.methods)
+                original = train_original(grid, protocol.config, (*spec.methods, *self.observers))
+            self.originals[(targets, seed)] = original
             save_arrays(self.original_path(seed, targets), original.phase.arrays)
             if federated:
                 protocol.federated(grid, original, self)
@@ -221,7 +236,14 @@ class Runner:
             protocol.centralised(original, [r.arrays for r in references if r], self)
 
 
-__all__ = ["CellKey", "Runner", "read_cells", "reference_keys", "run_experiment"]
+__all__ = [
+    "CellKey",
+    "Runner",
+    "read_cells",
+    "reference_keys",
+    "run_experiment",
+    "settings_variant",
+]
 
 
 def prepare(spec_path: Path, out_dir: Path) -> ExperimentSpec:
@@ -260,8 +282,13 @@ def run_experiment(
     from fedforget.experiment.results import write_experiment_results
 
     spec = prepare(spec_path, out_dir)
-    computed = Runner(spec, out_dir, num_cpus, progress).run()
-    write_experiment_results(out_dir, list(read_cells(out_dir)))
+    if spec.settings_from is not None:  # the report's "How each method was set"
+        shutil.copyfile(spec.settings_from, out_dir / "tuned.toml")
+    runner = Runner(spec, out_dir, num_cpus, progress)
+    computed = runner.run()
+    # only this experiment's cells: not those of settings it no longer uses
+    rows = [json.loads(k.path(out_dir).read_text()) for k in runner.cells]
+    write_experiment_results(out_dir, rows)
     if after is not None:
         after(out_dir)
     return computed

@@ -8,6 +8,7 @@ One TOML file per experiment in ``experiments/``::
     targets = "each"                         # every client in turn, or [["0"], ["0", "5"]]
     seeds = [0, 1, 2]
     recovery-stop = "retrain-acc"            # or "budget"
+    settings-from = "tuned.toml"             # methods' settings chosen by `fedforget tune`
     scenario = "client"                      # or "backdoor"; "random" / "class" (centralised only)
     references = 3                           # retrained references per cell (>= 2: noise floor)
     metrics = ["svc_mia_prob", "kl_forget"]  # registry metrics besides the headline ("all")
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedforget.config import CLIENT_SCENARIOS, ConfigError, FederationConfig
+from fedforget.config import CLIENT_SCENARIOS, ConfigError, ConfigValue, FederationConfig
 
 RECOVERY_STOPS = ("retrain-acc", "budget")
 EXPERIMENT_KEYS = (
@@ -42,6 +43,7 @@ EXPERIMENT_KEYS = (
     "scenario",
     "references",
     "metrics",
+    "settings-from",
 )
 DEFAULT_REFERENCES = 3
 """Retrained references per (target set, seed) when an experiment file names none."""
@@ -61,6 +63,8 @@ class ExperimentSpec:
     references: int = DEFAULT_REFERENCES
     metrics: tuple[str, ...] | None = None
     """Registry metrics every row carries besides the headline ones (None: all that apply)."""
+    settings_from: Path | None = None
+    """The ``tuned.toml`` whose chosen settings the experiment runs with (``settings-from``)."""
 
     def cell_config(self, targets: tuple[str, ...], seed: int) -> FederationConfig:
         """The run config of one (target set, seed)."""
@@ -114,8 +118,12 @@ def _target_sets(value: Any, config: FederationConfig) -> tuple[tuple[str, ...],
     return sets
 
 
-def load_experiment(path: Path) -> ExperimentSpec:
-    """Parse and check an experiment file; errors name the key and say what to write."""
+def load_experiment(path: Path, settings_from: bool = True) -> ExperimentSpec:
+    """Parse and check an experiment file; errors name the key and say what to write.
+
+    ``settings_from`` False leaves out the settings ``[experiment] settings-from``
+    names (``fedforget tune`` tunes from the defaults).
+    """
     from fedforget.methods import method_names
     from fedforget.methods.centralised import centralised_names
 
@@ -134,6 +142,9 @@ def load_experiment(path: Path) -> ExperimentSpec:
             f"unknown [experiment] key(s) {', '.join(unknown)}; valid: {', '.join(EXPERIMENT_KEYS)}"
         )
     settings = _flatten(document.get("config", {}))
+    tuned = None
+    if "settings-from" in experiment and settings_from:
+        tuned = _settings_from(path, experiment["settings-from"], settings)
     scenario = experiment.get("scenario", "client")
     settings["forget-scenario"] = scenario
     config = FederationConfig.from_run_config(settings)
@@ -168,6 +179,7 @@ def load_experiment(path: Path) -> ExperimentSpec:
         recovery_stop=recovery_stop,
         references=references,
         metrics=metrics,
+        settings_from=tuned,
     )
 
 
@@ -178,3 +190,59 @@ def _metrics(value: Any) -> tuple[str, ...] | None:
     if value == "all":
         return None
     return _names(value, "metrics", list(METRICS))
+
+
+def _settings_from(path: Path, value: Any, settings: dict[str, Any]) -> Path:
+    """Add the chosen settings of the ``tuned.toml`` that ``value`` names to ``settings``.
+
+    The file's path is relative to the experiment file. A key the experiment's
+    [config] sets to another value is refused: one place decides each setting.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"[experiment] settings-from must be the path of a tuned.toml, got {value!r}"
+        )
+    tuned_path = (path.parent / value).resolve()
+    for key, chosen in tuned_settings(tuned_path).items():
+        if key in settings and settings[key] != chosen:
+            raise ConfigError(
+                f"[config] sets {key} = {settings[key]!r}, but settings-from {value} chose "
+                f"{chosen!r}: remove one of them"
+            )
+        settings[key] = chosen
+    return tuned_path
+
+
+KINDS = ("federated", "centralised")
+"""The kinds of method a ``tuned.toml`` has a table of."""
+
+
+def tuned_settings(path: Path) -> dict[str, ConfigValue]:
+    """The chosen settings of ``tuned.toml`` as run-config keys (``"puf.eta-special": 3.1``).
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or not a ``fedforget tune`` result, or two
+        methods sharing a table chose different values of one key.
+
+    """
+    if not path.is_file():
+        raise ConfigError(
+            f"[experiment] settings-from names {path}, which does not exist: run "
+            "`fedforget tune` first (it writes DIR/tuned.toml)"
+        )
+    document = tomllib.loads(path.read_text())
+    merged: dict[str, ConfigValue] = {}
+    chosen_by: dict[str, str] = {}
+    for kind in KINDS:
+        for name, entry in document.get(kind, {}).items():
+            for key, value in entry.get("settings", {}).items():
+                dotted = f"{entry['table']}.{key}"
+                if dotted in merged and merged[dotted] != value:
+                    raise ConfigError(
+                        f"{path}: {name} and {chosen_by[dotted]} chose different values of "
+                        f"{dotted}: tune one of them only"
+                    )
+                merged[dotted], chosen_by[dotted] = value, name
+    return merged

@@ -183,9 +183,10 @@ class FederatedMethod(ABC):
     Class attributes declare the method: ``name`` (its registry name),
     ``table`` (its run-config table: ``<table>.<key>``), ``defaults`` (its
     settings), ``limits`` (the upper bound of each numeric setting), ``needs``,
-    ``reference`` (the paper, and the code the implementation was checked
-    against), ``summary`` (one line) and ``deviations`` (one line: where the
-    default behaviour differs from the published method and why; "" for none).
+    ``space`` (what ``fedforget tune`` may vary), ``reference`` (the paper,
+    and the code the implementation was checked against), ``summary`` (one
+    line) and ``deviations`` (one line: where the default behaviour differs
+    from the published method and why; "" for none).
     """
 
     name: ClassVar[str]
@@ -200,6 +201,8 @@ class FederatedMethod(ABC):
     """Settings only the run's configuration may set (bounds on what requests ask for)."""
     limits: ClassVar[Mapping[str, float]] = {}
     """The upper bound of each numeric setting (see :func:`limit_problem`)."""
+    space: ClassVar[Mapping[str, Any]] = {}
+    """What ``fedforget tune`` may vary (:mod:`fedforget.methods.space`; empty: nothing)."""
     forgets_by_update: ClassVar[bool] = True
     """Whether the step's change of the model is what forgets: a step that leaves the model
     as it was is then refused (nothing was forgotten). False for a method that forgets by

@@ -60,6 +60,7 @@ from fedforget.methods.base import (
     target_updates,
     weights_by_examples,
 )
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace, Uniform
 from fedforget.models import head_keys
 from fedforget.training import train
 
@@ -174,6 +175,11 @@ class FedAU(TargetStepMethod):
         "aux-init": "random",
     }
     """``aux-init``: ``random`` (a fresh N(0, 0.01^2) head, the port) or ``global``."""
+    space: ClassVar[SearchSpace] = {
+        "lr": LogUniform(0.01, 1.0),
+        "epochs": IntRange(1, 20),
+        "original-weight": Uniform(0.0, 0.5),
+    }
     needs = Needs(
         target_online=True,
         client_step="they train the classifier head on their data with random labels",

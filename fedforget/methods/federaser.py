@@ -74,6 +74,7 @@ from fedforget.methods.base import (
     StepState,
     UnlearningStep,
 )
+from fedforget.methods.space import SearchSpace, Uniform
 from fedforget.protocol import natural_order
 from fedforget.state.store import StoredPseudoGradient
 
@@ -188,6 +189,7 @@ class FedEraser(FederatedMethod):
         "calibration-epochs-fraction": 0.5,
         "per-layer": True,
     }
+    space: ClassVar[SearchSpace] = {"calibration-epochs-fraction": Uniform(0.1, 1.0)}
     needs = Needs(
         history=(
             "every client update of every federaser.interval-th round, and the global "

@@ -33,6 +33,7 @@ from fedforget.methods.base import (
     Needs,
     TargetStepMethod,
 )
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace
 from fedforget.training import make_optimizer
 
 
@@ -92,6 +93,7 @@ class FedQUIT(TargetStepMethod):
     table = "fedquit"
     limits: ClassVar[Mapping[str, float]] = {"lr": 1e6, "epochs": 100}
     defaults: ClassVar[Mapping[str, ConfigValue]] = {"lr": 1e-4, "epochs": 1}
+    space: ClassVar[SearchSpace] = {"lr": LogUniform(1e-5, 1e-2), "epochs": IntRange(1, 5)}
     needs = Needs(
         target_online=True,
         client_step="distillation from a virtual teacher on its own data",

@@ -77,6 +77,7 @@ from fedforget.methods.base import (
     fedavg,
     target_updates,
 )
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace, Uniform
 from fedforget.training import train
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,12 @@ class MoDe(FederatedMethod):
     every client in the port); ``remaining-lr`` 0: the remaining clients train
     at the run's learning rate in the guidance rounds.
     """
+    space: ClassVar[SearchSpace] = {
+        "lr": LogUniform(0.005, 0.5),
+        "momentum": Uniform(0.5, 0.99),
+        "degradation-rounds": IntRange(1, 10),
+        "guidance-rounds": IntRange(2, 15),
+    }
     needs = Needs(
         target_online=True,
         client_step="they train on their data labelled by the degradation model",

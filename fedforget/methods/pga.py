@@ -84,6 +84,7 @@ from fedforget.methods.base import (
     TargetStepMethod,
     UnlearningStep,
 )
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace, Uniform
 from fedforget.training import loss_function, make_optimizer
 
 TARGET_MODEL = "target-model"
@@ -294,6 +295,11 @@ class PGA(TargetStepMethod):
     distance exceeds that fraction of the radius (the variant fedforget used
     before; 1.0 was its default); it needs ``stop-distance = 0``.
     """
+    space: ClassVar[SearchSpace] = {
+        "lr": LogUniform(1e-3, 0.1),
+        "epochs": IntRange(1, 10),
+        "radius-fraction": Uniform(0.05, 1.0),
+    }
     needs = Needs(
         target_online=True,
         history="the latest local model of each client",

@@ -64,6 +64,7 @@ from fedforget.methods.base import (
     StepState,
     UnlearningStep,
 )
+from fedforget.methods.space import LogUniform, SearchSpace
 from fedforget.state.store import PseudoGradientStore, StoredEntryError, StoredPseudoGradient
 
 UNLEARN_MODES = ("special", "regular")
@@ -442,6 +443,7 @@ class PufSpecial(_Puf):
     mode = "special"
     needs = Needs(history="the latest update of each client (puf.source='stored')")
     summary = "negate the targets' latest pseudo-gradients (x eta=2) in a dedicated round"
+    space: ClassVar[SearchSpace] = {"eta-special": LogUniform(0.25, 20.0)}
 
 
 class PufRegular(_Puf):
@@ -451,3 +453,4 @@ class PufRegular(_Puf):
     mode = "regular"
     needs = Needs(history="the latest update of each client (puf.source='stored')")
     summary = "fold the targets' negated pseudo-gradients (x eta=20) into a FedAvg round"
+    space: ClassVar[SearchSpace] = {"eta-regular": LogUniform(2.0, 100.0)}

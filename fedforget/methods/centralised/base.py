@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -88,7 +88,7 @@ class CentralisedMethod(ABC):
 
     Class attributes: ``name`` (registry name), ``defaults`` (its settings, the
     run-config table ``centralised.<name>``), ``limits`` (the upper bound of each
-    numeric setting), ``scenarios`` it serves,
+    numeric setting), ``space`` (what ``fedforget tune`` may vary), ``scenarios`` it serves,
     ``tasks`` it applies to, ``reference`` (the paper) and ``summary``.
     """
 
@@ -98,6 +98,8 @@ class CentralisedMethod(ABC):
     defaults: ClassVar[Mapping[str, ConfigValue]] = {}
     limits: ClassVar[Mapping[str, float]] = {}
     """The upper bound of each numeric setting (:func:`fedforget.methods.base.limit_problem`)."""
+    space: ClassVar[Mapping[str, Any]] = {}
+    """What ``fedforget tune`` may vary (:mod:`fedforget.methods.space`; empty: nothing)."""
     scenarios: ClassVar[frozenset[str]] = ALL_SCENARIOS
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     reference: ClassVar[str] = ""

@@ -39,6 +39,7 @@ from fedforget.methods.centralised.common import (
     start,
     task_loss,
 )
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace
 
 FINE_TUNING_DEFAULTS: Mapping[str, ConfigValue] = {
     "epochs": 5,
@@ -76,6 +77,7 @@ class FineTune(CentralisedMethod):
     name = "ft"
     limits: ClassVar[Mapping[str, float]] = FINE_TUNING_LIMITS
     defaults: ClassVar[Mapping[str, ConfigValue]] = {**FINE_TUNING_DEFAULTS, "augment": False}
+    space: ClassVar[SearchSpace] = {"lr": LogUniform(1e-3, 0.1), "epochs": IntRange(1, 10)}
     tasks = ("classification", "segmentation")
     reference = (
         "Warnecke et al., Machine Unlearning of Features and Labels, NDSS 2023, arXiv 2108.11577"

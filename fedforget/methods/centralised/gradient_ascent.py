@@ -53,6 +53,7 @@ from fedforget.methods.centralised.common import (
     start,
     task_loss,
 )
+from fedforget.methods.space import LogUniform, SearchSpace, Uniform
 
 
 def stop_level(scenario: str, settings: Mapping[str, ConfigValue]) -> float:
@@ -84,6 +85,11 @@ class GradientAscent(CentralisedMethod):
         "check-every": 1,
     }
     """Plain SGD (no momentum: the ascent stops the step the rule fires, nothing carries on)."""
+    space: ClassVar[SearchSpace] = {
+        "lr": LogUniform(1e-4, 0.1),
+        "max-epochs": Uniform(1.0, 10.0),
+        "stop-forget-acc": Uniform(0.5, 0.99),
+    }
     reference = (
         "Thudi et al., Unrolling SGD: Understanding Factors Influencing Machine Unlearning, "
         "IEEE EuroS&P 2022, arXiv 2109.13398"

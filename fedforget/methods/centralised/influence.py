@@ -58,6 +58,7 @@ from fedforget.methods.centralised.base import (
     UnlearningData,
 )
 from fedforget.methods.centralised.common import hand_back, range_problem, require_nonempty
+from fedforget.methods.space import LogUniform, SearchSpace
 from fedforget.training import EVAL_BATCH_SIZE, LossFunction, loss_function
 
 HESSIANS = ("woodfisher", "exact")
@@ -224,6 +225,10 @@ class InfluenceUnlearning(CentralisedMethod):
         "hessian": "woodfisher",
         "damping": 0.05,
         "samples": 256,
+    }
+    space: ClassVar[SearchSpace] = {
+        "alpha": LogUniform(0.01, 10.0),
+        "damping": LogUniform(1e-3, 1.0),
     }
     reference = (
         "Izzo et al., Approximate Data Deletion from Machine Learning Models, AISTATS 2021, "

@@ -47,6 +47,7 @@ from fedforget.methods.centralised.finetune import (
     FINE_TUNING_LIMITS,
     fine_tuning_problem,
 )
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace
 
 
 def l1_coefficient(epoch: int, epochs: int, no_l1_epochs: int, coefficient: float) -> float:
@@ -77,6 +78,11 @@ class L1Sparse(CentralisedMethod):
         "no-l1-epochs": 1,
     }
     """``l1-coefficient`` 5e-4 (the paper's gamma), the last epoch without the penalty."""
+    space: ClassVar[SearchSpace] = {
+        "lr": LogUniform(1e-3, 0.1),
+        "epochs": IntRange(2, 10),
+        "l1-coefficient": LogUniform(1e-5, 1e-2),
+    }
     tasks = ("classification", "segmentation")
     reference = (
         "Jia et al., Model Sparsity Can Simplify Machine Unlearning, NeurIPS 2023, arXiv 2304.04934"

@@ -41,6 +41,7 @@ from fedforget.methods.centralised.common import (
     start,
     task_loss,
 )
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace, Uniform
 
 
 class NegGradPlus(CentralisedMethod):
@@ -69,6 +70,11 @@ class NegGradPlus(CentralisedMethod):
     accuracy to 0 with retain accuracy 0.97; 0.95 lets the unbounded ascent
     term collapse the model (retain accuracy 0.11), 0.999 forgets nothing.
     """
+    space: ClassVar[SearchSpace] = {
+        "lr": LogUniform(1e-3, 0.1),
+        "epochs": IntRange(1, 5),
+        "alpha": Uniform(0.5, 0.999),
+    }
     tasks = ("classification", "segmentation")
     reference = (
         "Kurmanji et al., Towards Unbounded Machine Unlearning, NeurIPS 2023, arXiv 2302.09880"

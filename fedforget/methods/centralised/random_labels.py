@@ -52,6 +52,7 @@ from fedforget.methods.centralised.finetune import (
     FINE_TUNING_LIMITS,
     fine_tuning_problem,
 )
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace
 
 LABEL_SEED_OFFSET = 2
 """Random labels draw from a generator seeded ``data.seed + 2`` (order: +0, augmentation: +1)."""
@@ -116,6 +117,7 @@ class RandomLabels(CentralisedMethod):
         "epochs": 3,
         "augment": False,
     }
+    space: ClassVar[SearchSpace] = {"lr": LogUniform(1e-3, 0.1), "epochs": IntRange(1, 10)}
     reference = (
         "Golatkar et al., Eternal Sunshine of the Spotless Net: Selective Forgetting in Deep "
         "Networks, CVPR 2020, arXiv 1911.04933"

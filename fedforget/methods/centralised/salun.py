@@ -54,6 +54,7 @@ from fedforget.methods.centralised.finetune import (
     fine_tuning_problem,
 )
 from fedforget.methods.centralised.random_labels import train_on_random_labels
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace, Uniform
 from fedforget.training import EVAL_BATCH_SIZE, loss_function
 
 
@@ -108,6 +109,11 @@ class SalUn(CentralisedMethod):
         "augment": False,
     }
     """``mask-fraction`` 0.5: the paper's default sparsity (half the weights may change)."""
+    space: ClassVar[SearchSpace] = {
+        "lr": LogUniform(1e-3, 0.1),
+        "epochs": IntRange(1, 10),
+        "mask-fraction": Uniform(0.1, 0.9),
+    }
     reference = (
         "Fan et al., SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency "
         "in Both Image Classification and Generation, ICLR 2024, arXiv 2310.12508"

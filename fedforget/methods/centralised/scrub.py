@@ -54,6 +54,7 @@ from fedforget.methods.centralised.common import (
     sgd,
     start,
 )
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace
 
 
 def distillation_divergence(
@@ -94,6 +95,11 @@ class SCRUB(CentralisedMethod):
         "gamma": 0.99,
         "batch-size": 32,
         "forget-batch-size": 16,
+    }
+    space: ClassVar[SearchSpace] = {
+        "lr": LogUniform(1e-4, 1e-2),
+        "max-steps": IntRange(1, 4),
+        "min-steps": IntRange(4, 10),
     }
     reference = (
         "Kurmanji et al., Towards Unbounded Machine Unlearning, NeurIPS 2023, arXiv 2302.09880"

@@ -69,6 +69,7 @@ from fedforget.methods.centralised.common import (
     sgd,
     start,
 )
+from fedforget.methods.space import IntRange, LogUniform, SearchSpace
 from fedforget.training import EVAL_BATCH_SIZE
 
 
@@ -117,6 +118,11 @@ class TiltedReweighting(CentralisedMethod):
         "momentum": 0.9,
         "batch-size": 32,
         "retain-weight": 1.0,
+    }
+    space: ClassVar[SearchSpace] = {
+        "tilt": LogUniform(0.5, 10.0),
+        "lr": LogUniform(3e-4, 0.03),
+        "epochs": IntRange(1, 10),
     }
     scenarios: ClassVar[frozenset[str]] = frozenset({"class"})
     scenarios_why = (

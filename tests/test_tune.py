@@ -1,0 +1,296 @@
+"""`fedforget tune`: search spaces, the [tune] table, trials on validation cells, settings-from."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import tomllib
+
+import pytest
+
+from fedforget.cli import main
+from fedforget.config import ConfigError
+from fedforget.experiment.runner import CellKey, settings_variant
+from fedforget.experiment.spec import load_experiment
+from fedforget.experiment.tune import Tuner, load_tune, run_tuning
+from fedforget.methods import method_class, method_names
+from fedforget.methods.centralised import centralised_class, centralised_names
+from fedforget.methods.centralised.gradient_ascent import GradientAscent
+from fedforget.methods.space import Categorical, IntRange, LogUniform, Uniform, space_problem
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TOY = """
+[experiment]
+methods = ["puf-special"]
+centralised = ["ga"]
+targets = [["0"]]
+seeds = [0]
+references = 1
+{settings_from}
+[config]
+num-partitions = 3
+num-server-rounds = 3
+unlearn-at-round = 2
+local-epochs = 1
+progress = false
+
+[tune]
+validation-targets = [["1"]]
+validation-seeds = [0]
+trials = {trials}
+{methods}
+"""
+
+
+def toy(trials: int = 2, methods: str = "", settings_from: str = "") -> str:
+    """The toy experiment file: digits, 3 clients, PUF-Special and gradient ascent."""
+    return TOY.format(trials=trials, methods=methods, settings_from=settings_from)
+
+
+# ------------------------------------------------------------------ spaces
+def test_every_builtin_space_fits_its_method():
+    classes = [
+        *(method_class(n) for n in method_names()),
+        *(centralised_class(n) for n in centralised_names()),
+    ]
+    for cls in classes:
+        assert space_problem(cls) == "", cls.name
+    # the formerly broken baselines have something to tune; retraining has nothing
+    for name in ("iu", "scrub", "ga", "rl", "salun"):
+        assert centralised_class(name).space, name
+    assert set(method_class("pga").space) >= {"lr", "radius-fraction"}
+    assert method_class("fedau").space["original-weight"] == Uniform(0.0, 0.5)
+    assert method_class("puf-special").space == {"eta-special": LogUniform(0.25, 20.0)}
+    assert not method_class("retrain").space and not centralised_class("retrain").space
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"learning-rate": LogUniform(1e-3, 0.1)}, "centralised.ga.learning-rate is not a setting"),
+        ({"lr": LogUniform(0.1, 1e-3)}, "centralised.ga.lr has low 0.1 > high 0.001"),
+        ({"lr": LogUniform(0.0, 0.1)}, "centralised.ga.lr is log-scaled, so its low must be > 0"),
+        ({"lr": LogUniform(1e-3, 1e7)}, "centralised.ga.lr reaches 10000000.0, which ga refuses"),
+        ({"stop-forget-acc": Uniform(0.5, 1.5)}, "centralised.ga.stop-forget-acc reaches 1.5"),
+        (
+            {"lr": IntRange(1, 3)},
+            "centralised.ga.lr is an integer range, but the setting is a float",
+        ),
+        ({"batch-size": Uniform(8.0, 64.0)}, "centralised.ga.batch-size is a float range"),
+        ({"lr": LogUniform(0.02, 0.1)}, "centralised.ga.lr leaves out the default 0.01"),
+        ({"lr": Categorical(("fast",))}, "offers 'fast', not a float"),
+    ],
+)
+def test_a_space_that_does_not_fit_its_method_is_refused_naming_the_key(space, message):
+    assert message in space_problem(GradientAscent, space)
+
+
+def test_a_bad_space_is_refused_before_any_trial(tmp_path, monkeypatch):
+    monkeypatch.setattr(GradientAscent, "space", {"lr": LogUniform(1e-3, 1e7)})
+    path = tmp_path / "toy.toml"
+    path.write_text(toy())
+    with pytest.raises(ConfigError, match=r"centralised\.ga\.lr reaches 10000000\.0"):
+        run_tuning(path, tmp_path / "tune")
+    assert not (tmp_path / "tune").exists()  # refused before anything ran
+
+
+# ------------------------------------------------------------------ [tune]
+def test_validation_cells_that_are_test_cells_are_refused_naming_them(tmp_path):
+    path = tmp_path / "toy.toml"
+    path.write_text(
+        toy().replace('validation-targets = [["1"]]', 'validation-targets = [["1"], ["0"]]')
+    )
+    with pytest.raises(ConfigError, match=r"validation cell\(s\) targets \['0'\] seed 0 are test"):
+        load_tune(path, load_experiment(path))
+    # another seed makes the same target set a validation cell
+    path.write_text(
+        toy()
+        .replace('validation-targets = [["1"]]', 'validation-targets = [["0"]]')
+        .replace("validation-seeds = [0]", "validation-seeds = [7]")
+    )
+    assert load_tune(path, load_experiment(path)).validation_seeds == (7,)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("validation-seeds = [0]", ""), "needs validation-seeds"),
+        (("trials = 2", "trials = 0"), "trials must be an integer >= 1"),
+        (("trials = 2", "trials = 2\nbudget = 3"), "unknown \\[tune\\] key\\(s\\) budget"),
+        (("trials = 2", 'trials = 2\nmethods = ["scrub"]'), "names 'scrub', which the experiment"),
+        (('[["1"]]', '[["9"]]'), "\\[tune\\] validation-targets \\['9'\\] must name clients"),
+        (("trials = 2", 'trials = 2\ndirection = "down"'), "direction must be"),
+    ],
+)
+def test_bad_tune_tables_are_refused(tmp_path, change, message):
+    path = tmp_path / "toy.toml"
+    path.write_text(toy().replace(*change))
+    with pytest.raises(ConfigError, match=message):
+        load_tune(path, load_experiment(path))
+
+
+def test_the_cli_refuses_a_bad_tune_table_in_one_line(tmp_path, capsys):
+    path = tmp_path / "toy.toml"
+    path.write_text(toy().replace("[tune]", "[tuning]"))
+    assert main(["tune", str(path), "--out", str(tmp_path / "tune")]) == 2
+    assert "has no [tune] table" in capsys.readouterr().err
+
+
+def test_settings_from_refuses_a_missing_file_and_a_conflicting_config(tmp_path):
+    path = tmp_path / "toy.toml"
+    path.write_text(toy(settings_from='settings-from = "nowhere/tuned.toml"'))
+    with pytest.raises(ConfigError, match="run `fedforget tune` first"):
+        load_experiment(path)
+    (tmp_path / "tuned.toml").write_text(
+        '[tune]\n[centralised."ga"]\ntable = "centralised.ga"\nsettings = { "lr" = 0.02 }\n'
+    )
+    path.write_text(
+        toy(settings_from='settings-from = "tuned.toml"') + "[config.centralised.ga]\nlr = 0.05\n"
+    )
+    with pytest.raises(ConfigError, match=r"sets centralised\.ga\.lr = 0\.05, but settings-from"):
+        load_experiment(path)
+
+
+# ------------------------------------------------------------------ the real thing
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """`fedforget tune` on the toy (2 trials per method), then the experiment with its choice."""
+    folder = tmp_path_factory.mktemp("tune")
+    spec = folder / "toy.toml"
+    spec.write_text(toy(settings_from='settings-from = "tune/tuned.toml"'))
+    assert main(["tune", str(spec), "--out", str(folder / "tune")]) == 0
+    assert main(["experiment", str(spec), "--out", str(folder / "experiment")]) == 0
+    return folder
+
+
+def test_tuning_scores_trials_on_the_validation_cells_and_writes_tuned_toml(tuned):
+    out = tuned / "tune"
+    document = tomllib.loads((out / "tuned.toml").read_text())
+    assert document["tune"]["validation-targets"] == [["1"]]
+    cells = out / "cells" / "seed-0" / "1"
+    reference = json.loads((cells / "federated-retrain.json").read_text())
+    for kind, name, space in (
+        ("federated", "puf-special", {"eta-special"}),
+        ("centralised", "ga", {"lr", "max-epochs", "stop-forget-acc"}),
+    ):
+        entry = document[kind][name]
+        assert entry["budget"] == 2 and len(entry["trial-scores"]) == 2
+        assert set(entry["space"]) == space and set(entry["settings"]) == space
+        # trial 0 is the paper's defaults, scored on the cell computed with them
+        default = json.loads((cells / f"{kind}-{name}.json").read_text())
+        assert entry["trial-scores"][0] == pytest.approx(default["avg_gap"])
+        assert entry["default-score"] == pytest.approx(default["avg_gap"])
+        # trial 1's settings have a cell of their own: never the defaults' cell
+        variants = sorted(cells.glob(f"{kind}-{name}@*.json"))
+        assert len(variants) == 1
+        other = json.loads(variants[0].read_text())
+        assert other["settings"] != default["settings"]
+        assert entry["trial-scores"][1] == pytest.approx(other["avg_gap"])
+        feasible = [
+            s
+            for s, f, row in zip(
+                entry["trial-scores"], entry["trial-feasible"], (default, other), strict=True
+            )
+            if f and row["test_acc"] >= reference["test_acc"] - 0.01
+        ]
+        assert entry["feasible"] == bool(feasible)
+        if feasible:
+            assert entry["score"] == pytest.approx(min(feasible))
+
+
+def test_the_experiment_runs_with_the_tuned_settings_and_reports_them(tuned):
+    document = tomllib.loads((tuned / "tune" / "tuned.toml").read_text())
+    spec = load_experiment(tuned / "toy.toml")
+    chosen = document["centralised"]["ga"]["settings"]
+    assert spec.config.settings_of("centralised.ga") == {
+        **GradientAscent.defaults,
+        **chosen,
+    }
+    variant = settings_variant(spec.config, "centralised", "ga")
+    assert bool(variant) == any(GradientAscent.defaults[k] != v for k, v in chosen.items())
+    out = tuned / "experiment"
+    row = json.loads(CellKey("centralised", "ga", ("0",), 0, variant).path(out).read_text())
+    assert row["status"] == "ok" and row["targets"] == ["0"]
+    report = (out / "report.md").read_text()
+    assert "## How each method was set" in report
+    assert "| ga (c) | lr: log-uniform [0.0001, 0.1]" in report
+    assert (out / "figures" / "tuning.png").read_bytes()[:8] == PNG
+    assert "How each method was set" in (out / "report.html").read_text()
+
+
+def test_a_killed_tuning_resumes_and_a_diverging_trial_fails_without_stopping_it(
+    tuned, tmp_path, monkeypatch
+):
+    """A trial left running (what a killed tuning leaves), then one whose loss is not finite."""
+    out = tmp_path / "tune"
+    shutil.copytree(tuned / "tune", out)
+    before = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
+    path = tmp_path / "toy.toml"
+    path.write_text(
+        toy(trials=4, methods='methods = ["ga"]', settings_from='settings-from = "tune/tuned.toml"')
+    )
+    monkeypatch.setattr(
+        GradientAscent,
+        "space",
+        {
+            **GradientAscent.space,
+            "lr": LogUniform(1e-4, 1e5),
+            "stop-forget-acc": Uniform(0.0, 0.99),
+        },
+    )
+    spec = load_experiment(path, settings_from=False)
+    tuner = Tuner(spec, load_tune(path, spec), out, progress=False)
+    study = tuner.study("centralised", "ga", 2)
+    killed = study.ask()  # left running, as a killed tuning leaves its trial
+    killed.suggest_float("lr", 1e-4, 1e5, log=True)
+    killed.suggest_float("max-epochs", 1.0, 10.0)
+    killed.suggest_float("stop-forget-acc", 0.0, 0.99)
+    # an ascent at lr 1e5 that never stops early: its loss overflows
+    study.enqueue_trial({"lr": 1e5, "max-epochs": 10.0, "stop-forget-acc": 0.0})
+    entries = run_tuning(path, out, progress=False)
+    from optuna.trial import TrialState
+
+    trials = tuner.study("centralised", "ga").get_trials()
+    assert [t.state for t in trials if t.state == TrialState.RUNNING] == []
+    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert [t.number for t in interrupted] == [killed.number]
+    # the interrupted trial ran again with its settings, and counts once
+    again = [t for t in trials if t.params == killed.params and not t.user_attrs.get("interrupted")]
+    assert len(again) == 1 and again[0].state == TrialState.COMPLETE
+    (entry,) = entries
+    assert entry["budget"] == 4 and len(entry["trial-scores"]) == 4
+    # lr 1e5 diverges (the model's outputs become NaN): recorded failed with the reason,
+    # and the tuning went on
+    assert len(entry["failed"]) == 1 and re.search("diverged|NaN", entry["failed"][0])
+    assert math.isnan(entry["trial-scores"][2]) and not math.isnan(entry["trial-scores"][3])
+    assert entry["settings"]["lr"] != 1e5
+    # the cells of the earlier trials were reused, not computed again
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+
+
+def test_the_figure_follows_the_best_feasible_score_and_the_table_says_why_none():
+    from fedforget.experiment.tune_report import best_so_far, tuning_rows
+
+    curve = best_so_far([0.5, math.nan, 0.3, 0.1], [True, False, True, False], minimize=True)
+    assert curve == [0.5, 0.5, 0.3, 0.3]  # 0.1 broke the test-accuracy constraint
+    assert best_so_far([0.5, 0.7], [True, True], minimize=False) == [0.5, 0.7]
+    (row,) = tuning_rows(
+        {
+            "centralised": {
+                "trw": {
+                    "space": {"tilt": "log-uniform [0.5, 10]"},
+                    "budget": 1,
+                    "settings": {},
+                    "score": math.nan,
+                    "feasible": False,
+                    "default-score": math.nan,
+                    "default-feasible": False,
+                    "failed": ["trial 0: trw serves the class scenario(s), not client"],
+                }
+            }
+        }
+    )
+    assert row[0] == "trw (c)" and row[2] == "1 (1 failed)"
+    assert row[4] == "no result (trial 0: trw serves the class scenario(s), not client)"
