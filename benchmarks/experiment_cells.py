@@ -34,7 +34,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from record import report
+from record import report, set_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "experiments" / "digits-each.toml"
@@ -64,10 +64,7 @@ def main() -> None:
     text, seeds = re.subn(r"(?m)^seeds = .*$", f"seeds = [{args.seed}]", args.spec.read_text())
     text, targets = re.subn(r"(?m)^targets = .*$", f'targets = [["{args.target}"]]', text)
     assert seeds == 1 and targets == 1, f"{args.spec} names no seeds or targets line"
-    for item in args.set:
-        key, _, value = item.partition("=")
-        text, found = re.subn(rf"(?m)^{re.escape(key)} = .*$", f"{key} = {value}", text)
-        assert found == 1, f"{args.spec} has no line {key} = ..."
+    text = set_lines(text, args.set, args.spec)
     references = tomllib.loads(text)["experiment"].get("references", 3)
     load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as temporary:

@@ -5,12 +5,26 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+
+def set_lines(text: str, items: list[str], source: Path) -> str:
+    """``text`` (an experiment file) with each ``KEY=VALUE`` of ``items`` replacing ``KEY = ...``.
+
+    The ``--set`` option of the benchmarks that time a reduced experiment file.
+    """
+    for item in items:
+        key, _, value = item.partition("=")
+        text, found = re.subn(rf"(?m)^{re.escape(key)} = .*$", f"{key} = {value}", text)
+        if found != 1:
+            raise SystemExit(f"{source} has no line {key} = ...: --set names a key of the file")
+    return text
 
 
 def report(name: str, record: dict[str, Any], out: Path | None) -> None:

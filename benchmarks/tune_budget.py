@@ -30,7 +30,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from record import report
+from record import report, set_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "experiments" / "digits-each-tuned.toml"
@@ -51,11 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     original = args.spec.read_text()
     full_trials = tomllib.loads(original).get("tune", {}).get("trials", 20)
-    text = original
-    for item in args.set:
-        key, _, value = item.partition("=")
-        text, found = re.subn(rf"(?m)^{re.escape(key)} = .*$", f"{key} = {value}", text)
-        assert found == 1, f"{args.spec} has no line {key} = ..."
+    text = set_lines(original, args.set, args.spec)
     text = re.sub(r"(?m)^settings-from = .*$\n", "", text)  # the tuning leaves it out anyway
     load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:

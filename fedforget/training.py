@@ -332,24 +332,35 @@ def eval_batch_size(task: str, device: torch.device) -> int:
 
 
 @torch.no_grad()
-def per_example_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | str = "cpu"
-) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Cross-entropy and correctness of every example (model in eval mode)."""
-    device = torch.device(device)
+def eval_batches(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``model``'s outputs and the targets, batch by batch (eval mode, on ``device``).
+
+    Batches are :func:`eval_batch_size` examples; images run channels-last where
+    :func:`channels_last` says so. The model is back on the CPU once the batches
+    are all taken.
+    """
     layout = channels_last(model, x, device)
-    size = eval_batch_size("classification", device)
-    losses, correct = [], []
+    size = eval_batch_size(task, device)
     with placed(model, device, layout):
         model.eval()
         for start in range(0, len(x), size):
             inputs = x[start : start + size].to(device)
             if layout:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            logits = model(inputs)
-            target = y[start : start + size].to(device)
-            losses.append(F.cross_entropy(logits, target, reduction="none").double().cpu())
-            correct.append((logits.argmax(dim=1) == target).cpu())
+            yield model(inputs), y[start : start + size].to(device)
+
+
+@torch.no_grad()
+def per_example_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | str = "cpu"
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Cross-entropy and correctness of every example (model in eval mode)."""
+    losses, correct = [], []
+    for logits, target in eval_batches(model, x, y, "classification", torch.device(device)):
+        losses.append(F.cross_entropy(logits, target, reduction="none").double().cpu())
+        correct.append((logits.argmax(dim=1) == target).cpu())
     if not losses:
         return np.zeros(0), np.zeros(0, dtype=bool)
     return torch.cat(losses).numpy(), torch.cat(correct).numpy()
@@ -367,28 +378,18 @@ def per_example_segmentation(
     from monai.losses import DiceLoss
     from monai.metrics import compute_dice
 
-    device = torch.device(device)
-    layout = channels_last(model, x, device)
-    size = eval_batch_size("segmentation", device)
     soft_dice = DiceLoss(to_onehot_y=True, softmax=True, reduction="none")
     out: dict[str, list[torch.Tensor]] = {"loss": [], "dice": [], "dice_fg": []}
-    with placed(model, device, layout):
-        model.eval()
-        for start in range(0, len(x), size):
-            inputs = x[start : start + size].to(device)
-            if layout:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            logits = model(inputs)
-            masks = y[start : start + size].to(device)
-            classes = logits.shape[1]
-            ce = F.cross_entropy(logits, masks, reduction="none").mean(dim=(1, 2))
-            dice_loss = soft_dice(logits, masks.unsqueeze(1)).flatten(1).mean(dim=1)
-            prediction = F.one_hot(logits.argmax(dim=1), classes).permute(0, 3, 1, 2)
-            truth = F.one_hot(masks, classes).permute(0, 3, 1, 2)
-            dice = compute_dice(prediction, truth, include_background=True, ignore_empty=False)
-            out["loss"].append(((ce + dice_loss) / 2).double().cpu())
-            out["dice"].append(dice.mean(dim=1).double().cpu())
-            out["dice_fg"].append(dice[:, 1:].mean(dim=1).double().cpu())
+    for logits, masks in eval_batches(model, x, y, "segmentation", torch.device(device)):
+        classes = logits.shape[1]
+        ce = F.cross_entropy(logits, masks, reduction="none").mean(dim=(1, 2))
+        dice_loss = soft_dice(logits, masks.unsqueeze(1)).flatten(1).mean(dim=1)
+        prediction = F.one_hot(logits.argmax(dim=1), classes).permute(0, 3, 1, 2)
+        truth = F.one_hot(masks, classes).permute(0, 3, 1, 2)
+        dice = compute_dice(prediction, truth, include_background=True, ignore_empty=False)
+        out["loss"].append(((ce + dice_loss) / 2).double().cpu())
+        out["dice"].append(dice.mean(dim=1).double().cpu())
+        out["dice_fg"].append(dice[:, 1:].mean(dim=1).double().cpu())
     return {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}
 
 
