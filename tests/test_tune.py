@@ -122,6 +122,7 @@ def test_validation_cells_that_are_test_cells_are_refused_naming_them(tmp_path):
         (("trials = 2", 'trials = 2\nmethods = ["scrub"]'), "names 'scrub', which the experiment"),
         (('[["1"]]', '[["9"]]'), "\\[tune\\] validation-targets \\['9'\\] must name clients"),
         (("trials = 2", 'trials = 2\ndirection = "down"'), "direction must be"),
+        (("trials = 2", "trials = 2\nreferences = 0"), "\\[tune\\] references must be"),
     ],
 )
 def test_bad_tune_tables_are_refused(tmp_path, change, message):
@@ -129,6 +130,29 @@ def test_bad_tune_tables_are_refused(tmp_path, change, message):
     path.write_text(toy().replace(*change))
     with pytest.raises(ConfigError, match=message):
         load_tune(path, load_experiment(path))
+
+
+def test_tune_references_set_the_validation_cells_and_keep_the_study_bound(tmp_path):
+    """[tune] references: the validation cells' K, whatever the experiment's own K."""
+    from fedforget.experiment.tune import bind, validation_spec
+
+    path = tmp_path / "toy.toml"
+    path.write_text(toy().replace("trials = 2", "trials = 2\nreferences = 3"))
+    spec = load_experiment(path)
+    assert spec.references == 1
+    assert validation_spec(spec, load_tune(path, spec)).references == 3
+    bind(path, tmp_path / "tune")
+    # the experiment's K and settings-from may change while the validation cells' K stays
+    path.write_text(
+        toy(settings_from='settings-from = "tune/tuned.toml"')
+        .replace("references = 1", "references = 2")
+        .replace("trials = 2", "trials = 5\nreferences = 3")
+    )
+    bind(path, tmp_path / "tune")
+    # without [tune] references the validation cells would use the experiment's K = 2
+    path.write_text(toy().replace("references = 1", "references = 2"))
+    with pytest.raises(ConfigError, match="holds the tuning of a different experiment"):
+        bind(path, tmp_path / "tune")
 
 
 def test_the_cli_refuses_a_bad_tune_table_in_one_line(tmp_path, capsys):

@@ -63,7 +63,7 @@ from fedforget.experiment.runner import (
     settings_variant,
     write_json_atomic,
 )
-from fedforget.experiment.spec import ExperimentSpec, _target_sets
+from fedforget.experiment.spec import DEFAULT_REFERENCES, ExperimentSpec, _target_sets
 from fedforget.experiment.validity import REFERENCE
 from fedforget.methods.base import settings_problem
 from fedforget.methods.space import describe_space, space_problem, suggest
@@ -80,6 +80,7 @@ TUNE_KEYS = (
     "direction",
     "max-test-drop",
     "sampler-seed",
+    "references",
 )
 DEFAULT_TRIALS = 20
 TUNED_FILE = "tuned.toml"
@@ -99,6 +100,8 @@ class TuneSpec:
     direction: str = "minimize"
     max_test_drop: float = 0.01
     sampler_seed: int = 0
+    references: int | None = None
+    """Retrained references per validation cell; None: the experiment's ``references``."""
 
 
 # ------------------------------------------------------------------ parsing
@@ -173,7 +176,14 @@ def load_tune(path: Path, spec: ExperimentSpec) -> TuneSpec:
     sampler_seed = table.get("sampler-seed", 0)
     if type(sampler_seed) is not int:
         raise ConfigError(f"[tune] sampler-seed must be an integer, got {sampler_seed!r}")
+    references = table.get("references")
+    if references is not None and (type(references) is not int or references < 1):
+        raise ConfigError(
+            f"[tune] references must be an integer >= 1 (retrained references per validation "
+            f"cell; default: the experiment's references), got {references!r}"
+        )
     return TuneSpec(
+        references=references,
         validation_targets=targets,
         validation_seeds=tuple(dict.fromkeys(seeds)),
         methods=_tuned_methods(table.get("methods"), spec),
@@ -217,6 +227,7 @@ def validation_spec(spec: ExperimentSpec, tune: TuneSpec) -> ExperimentSpec:
     """The experiment on the validation cells, without methods (their trials add them)."""
     return dataclasses.replace(
         spec,
+        references=spec.references if tune.references is None else tune.references,
         target_sets=tune.validation_targets,
         seeds=tune.validation_seeds,
         methods=(),
@@ -386,6 +397,7 @@ class Tuner:
             "max-test-drop": self.tune.max_test_drop,
             "validation-targets": [list(t) for t in self.tune.validation_targets],
             "validation-seeds": list(self.tune.validation_seeds),
+            "validation-references": self.validation.references,
             "sampler": "optuna TPESampler (seed sampler-seed + trial number)",
             "sampler-seed": self.tune.sampler_seed,
         }
@@ -635,13 +647,14 @@ def bind(spec_path: Path, out_dir: Path) -> None:
     """Keep the experiment file in ``out_dir``; refuse another experiment (its [tune] may change).
 
     A larger budget or another method list resumes the same study; other
-    [experiment] or [config] values would mix trials of two experiments.
+    [config] values, or [experiment] values the trials depend on, would mix
+    trials of two experiments. ``settings-from`` (not read by the tuning) may
+    change, and so may ``references`` where ``[tune] references`` keeps the
+    validation cells' number.
     """
     kept = out_dir / SPEC_FILE
     if kept.is_file():
-        before, now = (tomllib.loads(p.read_text()) for p in (kept, spec_path))
-        before.pop("tune", None)
-        now.pop("tune", None)
+        before, now = (_trial_inputs(p) for p in (kept, spec_path))
         if before != now:
             raise ConfigError(
                 f"{out_dir} holds the tuning of a different experiment ({kept}): tune with the "
@@ -649,3 +662,14 @@ def bind(spec_path: Path, out_dir: Path) -> None:
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spec_path, kept)
+
+
+def _trial_inputs(path: Path) -> dict[str, Any]:
+    """The experiment file's tables less what the trials do not depend on."""
+    tables = tomllib.loads(path.read_text())
+    tune = tables.pop("tune", {})
+    experiment = dict(tables.get("experiment", {}))
+    experiment.pop("settings-from", None)
+    validation = tune.get("references", experiment.get("references", DEFAULT_REFERENCES))
+    experiment["references"] = validation
+    return {**tables, "experiment": experiment}

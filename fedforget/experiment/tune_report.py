@@ -106,7 +106,13 @@ def tuning_section(
     intro = (
         f"Each method's settings were chosen by `fedforget tune` (Optuna TPE, seeded) on "
         f"validation cells outside the test cells: target sets "
-        f"{protocol['validation-targets']}, seeds {protocol['validation-seeds']}. Score: the "
+        f"{protocol['validation-targets']}, seeds {protocol['validation-seeds']}"
+        + (
+            f", {protocol['validation-references']} retrained references each"
+            if "validation-references" in protocol
+            else ""
+        )
+        + ". Score: the "
         f"mean {protocol['objective']} over those cells ({protocol['direction']}); a trial is "
         f"infeasible when its test accuracy falls more than {protocol['max-test-drop']:g} below "
         "the retrained references'. Trial 0 of each method is its paper defaults."
