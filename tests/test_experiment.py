@@ -35,6 +35,7 @@ num-server-rounds = 4
 unlearn-at-round = 2
 local-epochs = 1
 progress = false
+centralised.ft.epochs = 1
 """
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -49,6 +50,7 @@ def first_run(tmp_path_factory):
     return spec, out, computed
 
 
+@pytest.mark.ray
 def test_every_cell_runs_once_and_becomes_rows(first_run):
     _, out, computed = first_run
     names = sorted((k.kind, k.method, k.targets) for k in computed)
@@ -76,6 +78,7 @@ def test_every_cell_runs_once_and_becomes_rows(first_run):
     assert (out / "summary.csv").is_file() and (out / "curves.csv").is_file()
 
 
+@pytest.mark.ray
 def test_an_interrupted_run_computes_only_the_missing_cells(first_run):
     spec, out, _ = first_run
     gone = [
@@ -92,6 +95,7 @@ def test_an_interrupted_run_computes_only_the_missing_cells(first_run):
     assert run_experiment(spec, out, progress=False) == []
 
 
+@pytest.mark.ray
 def test_a_different_file_for_the_same_results_is_refused(first_run, tmp_path):
     _, out, _ = first_run
     other = tmp_path / "other.toml"
@@ -211,6 +215,7 @@ num-server-rounds = 4
 unlearn-at-round = 2
 local-epochs = 1
 progress = false
+centralised.ft.epochs = 1
 """
 
 
@@ -223,6 +228,7 @@ def backdoor_run(tmp_path_factory):
     return spec, out, run_experiment(spec, out, progress=False)
 
 
+@pytest.mark.ray
 def test_backdoor_experiment_with_three_references_has_floors_and_verdicts(backdoor_run):
     """Three references on the same data, the attack success rate, U-LiRA and the floor."""
     _, out, computed = backdoor_run
@@ -263,6 +269,7 @@ def test_backdoor_experiment_with_three_references_has_floors_and_verdicts(backd
     assert (out / "figures" / "verdicts.png").is_file()
 
 
+@pytest.mark.ray
 def test_a_cell_computed_with_other_references_is_computed_again(backdoor_run):
     spec, out, _ = backdoor_run
     key = CellKey("federated", "puf-special", ("1",), 0)
