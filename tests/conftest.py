@@ -8,7 +8,8 @@ Markers (registered in ``pyproject.toml``):
   starts). Such a test is slow, and runs attached to the session's one Ray
   head (:func:`shared_ray`) through ``RAY_ADDRESS``, which ``fedforget``'s
   simulations and CLI read: one Ray start-up for the whole session instead of
-  one per simulation.
+  one per simulation. A module fixture that runs one federation for several
+  tests attaches too when the module has ``ray`` tests (:func:`_ray_of_the_module`).
 * ``private_ray``: runs Ray on an instance of its own (``RAY_ADDRESS`` unset):
   what a private instance does is what it checks (it listens on loopback only,
   ``--num-cpus`` sizes it, a two-node cluster of its own).
@@ -81,6 +82,37 @@ def shared_ray() -> Iterator[SharedRay]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _attached(item: pytest.Item) -> bool:
+    """Whether ``item`` runs on the session's shared head: ``ray`` and not ``private_ray``."""
+    return bool(item.get_closest_marker("ray")) and not item.get_closest_marker("private_ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_of_the_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module with ``ray`` tests attaches its module-scoped fixtures to the shared head too.
+
+    Pytest sets up a module's fixtures before the function-scoped
+    :func:`_ray_of_the_session`, so a module fixture that runs a federation
+    for several tests (one simulation, many assertions) would otherwise start
+    a private Ray instance of its own. The module's other tests still see no
+    ``RAY_ADDRESS`` (:func:`_ray_of_the_session` removes it for them).
+    """
+    from fedforget.simulation import RAY_ADDRESS_ENV, ray_on_loopback
+
+    module = request.node
+    items = [item for item in request.session.items if item.path == module.path]
+    if not any(_attached(item) for item in items):
+        yield
+        return
+    patch = pytest.MonkeyPatch()
+    patch.setenv(RAY_ADDRESS_ENV, request.getfixturevalue("shared_ray").address)
+    try:
+        with ray_on_loopback():
+            yield
+    finally:
+        patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _ray_of_the_session(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
@@ -94,8 +126,7 @@ def _ray_of_the_session(
     """
     from fedforget.simulation import RAY_ADDRESS_ENV, ray_on_loopback
 
-    node = request.node
-    if node.get_closest_marker("ray") and not node.get_closest_marker("private_ray"):
+    if _attached(request.node):
         monkeypatch.setenv(RAY_ADDRESS_ENV, request.getfixturevalue("shared_ray").address)
         with ray_on_loopback():
             yield

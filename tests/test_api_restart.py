@@ -21,19 +21,23 @@ from fedforget.config import FederationConfig
 from fedforget.federated.federation import EVENTS_FILE, HISTORY_FILE, REQUESTS_FILE
 from fedforget.state.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.ray  # each server process attaches to the session's Ray head
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = (
     "import json, sys\n"
     "from fedforget.config import FederationConfig\n"
     "from fedforget.simulation import simulate\n"
-    "simulate(FederationConfig.from_run_config(json.loads(sys.argv[1])), num_cpus=2)\n"
+    "simulate(FederationConfig.from_run_config(json.loads(sys.argv[1])))\n"
 )
 
 
 def start_server(config: FederationConfig) -> subprocess.Popen[bytes]:
-    """The federation (ServerApp, API, Ray) in its own process group."""
+    """The federation's server (ServerApp, API, Ray driver) in its own process group.
+
+    Its virtual clients are actors of the session's Ray head (``RAY_ADDRESS``): a SIGKILL of
+    the group ends the server process as a crash does, and Ray ends the dead driver's actors.
+    """
     return subprocess.Popen(
         [sys.executable, "-c", SERVER, json.dumps(config.to_run_config())],
         cwd=ROOT,

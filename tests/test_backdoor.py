@@ -175,7 +175,7 @@ def test_references_share_the_data_and_existing_cache_keys_stay(config):
     assert reference_config(config).forget_scenario == "client"
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_compare_in_the_backdoor_scenario_with_two_references(tmp_path):
     """Every model row has the attack success rate; the table marks gaps within the floor."""
     out = tmp_path / "out"
@@ -196,7 +196,8 @@ def test_compare_in_the_backdoor_scenario_with_two_references(tmp_path):
             "--out",
             str(out),
             "--run-config",
-            "num-partitions=3 num-server-rounds=4 unlearn-at-round=2 local-epochs=1",
+            "num-partitions=3 num-server-rounds=4 unlearn-at-round=2 local-epochs=1 "
+            "centralised.ft.epochs=1",
         ],
         capture_output=True,
         text=True,

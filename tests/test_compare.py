@@ -46,6 +46,8 @@ def config():
             "unlearn-at-round": 2,
             "local-epochs": 1,
             "progress": False,
+            "centralised.ft.epochs": 1,
+            "centralised.salun.epochs": 1,
         }
     )
 
@@ -56,6 +58,7 @@ def first(cache, config, tmp_path_factory):
     return out, run_comparison(config, out, METHODS, centralised=CENTRALISED)
 
 
+@pytest.mark.ray
 def test_one_row_per_method_with_metrics(first):
     out, results = first
     rows = [r for r in results["rows"] if r["kind"] == "federated"]
@@ -76,6 +79,7 @@ def test_one_row_per_method_with_metrics(first):
     assert "cost_server_storage_bytes" in header
 
 
+@pytest.mark.ray
 def test_centralised_rows_unlearn_the_same_forget_set(first):
     """Centralised methods start from the original model and see the targets' data."""
     _, results = first
@@ -92,6 +96,7 @@ def test_centralised_rows_unlearn_the_same_forget_set(first):
     assert "class" in rows["output-filter"]["reason"]
 
 
+@pytest.mark.ray
 def test_class_scenario_refuses_federated_methods_and_retrains_without_the_class(
     cache, config, tmp_path
 ):
@@ -111,6 +116,7 @@ def test_class_scenario_refuses_federated_methods_and_retrains_without_the_class
     assert rows[("centralised", "ft")]["status"] == "ok"
 
 
+@pytest.mark.ray
 def test_costs_come_from_the_rounds_that_ran(first, config):
     """Bytes and client-epochs per round follow from who was asked to do what."""
     _, results = first
@@ -136,6 +142,7 @@ def test_costs_come_from_the_rounds_that_ran(first, config):
     assert quit_["cost"]["bytes_down"] == (1 + (quit_["recovery_rounds"] - 1) * remaining) * model
 
 
+@pytest.mark.ray
 def test_second_call_reuses_the_cached_reference(first, cache, config, tmp_path):
     _, results = first
     assert results["timing"]["reference_cached"] is False

@@ -44,8 +44,12 @@ def test_scenario_unlearn_over_http_kill_and_restart_supernodes(tmp_path):
 
     A killed SuperNode's pending message gets Flower's NODE_UNAVAILABLE error
     reply once its heartbeat lapses, so the round ends with the others' updates.
+    The deployment runs with TLS: the SuperLink serves its certificate, and the
+    SuperNodes (the restarted ones too) and the CLI verify it (one deployment
+    for both; the insecure flags are checked against Flower's CLI in test_compose).
     """
-    deployment = LocalDeployment.create(tmp_path / "deploy", num_supernodes=3)
+    tls = generate_certificates(tmp_path / "certs")
+    deployment = LocalDeployment.create(tmp_path / "deploy", num_supernodes=3, tls=tls)
     state, out = tmp_path / "state", tmp_path / "out"
     run_config = (
         "num-partitions=3 num-server-rounds=7 unlearn-at-round=0 local-epochs=1 "
@@ -53,6 +57,12 @@ def test_scenario_unlearn_over_http_kill_and_restart_supernodes(tmp_path):
     )
     finished: list = []
     with running(deployment):
+        assert "root-certificates" in (deployment.flwr_home / "config.toml").read_text()
+        for name in ("superlink", "supernode-0"):
+            command = Path(f"/proc/{deployment.processes[name]}/cmdline").read_bytes().split(b"\0")
+            assert b"--insecure" not in command, name
+        environ = Path(f"/proc/{deployment.processes['supernode-0']}/environ").read_bytes()
+        assert f"{TASK_POLL_INTERVAL_ENV}={TASK_POLL_INTERVAL_S}".encode() in environ.split(b"\0")
         started = list(deployment.processes.values())
         runner = threading.Thread(
             target=lambda: finished.append(deployment.run_app(ROOT, run_config, timeout=1200))
@@ -82,13 +92,16 @@ def test_scenario_unlearn_over_http_kill_and_restart_supernodes(tmp_path):
         client.close()
         ours = [*started, *deployment.processes.values()]
         family = [*ours, *(child for pid in ours for child in descendants(pid))]
-    assert finished and finished[0].returncode == 0, finished[0].stdout[-3000:]
+    assert finished and finished[0].returncode == 0, (
+        finished[0].stdout[-3000:] + finished[0].stderr[-2000:]
+    )
     assert not [pid for pid in family if is_running(pid)], "down() left processes behind"
 
     history = json.loads((out / "history.json").read_text())
     rounds = {r["round"]: r for r in history}
-    assert max(rounds) == 7, "training continued to the last round"
+    assert sorted(rounds) == list(range(8)), "each round once, training to the last round"
     assert rounds[1]["contributors"] == ["0", "1", "2"]
+    assert [rounds[n]["phase"] for n in range(1, unlearn_round)] == ["train"] * (unlearn_round - 1)
     assert rounds[unlearn_round]["phase"] == "unlearn"
     for number in range(unlearn_round, 8):
         assert "1" not in rounds[number]["participants"] + rounds[number]["contributors"]
@@ -99,27 +112,7 @@ def test_scenario_unlearn_over_http_kill_and_restart_supernodes(tmp_path):
     # the restarted SuperNode 2 came back under a new node id as client 2
     assert "2" in rounds[7]["contributors"]
     events = json.loads((out / "events.json").read_text())
-    assert [e["clients"] for e in events] == [["1"]]
-
-
-def test_tls_deployment_trains(tmp_path):
-    """SuperLink with TLS, SuperNodes and the CLI verifying its certificate."""
-    tls = generate_certificates(tmp_path / "certs")
-    deployment = LocalDeployment.create(tmp_path / "deploy", num_supernodes=2, tls=tls)
-    out = tmp_path / "out"
-    with running(deployment):
-        assert "root-certificates" in (deployment.flwr_home / "config.toml").read_text()
-        environ = Path(f"/proc/{deployment.processes['supernode-0']}/environ").read_bytes()
-        assert f"{TASK_POLL_INTERVAL_ENV}={TASK_POLL_INTERVAL_S}".encode() in environ.split(b"\0")
-        done = deployment.run_app(
-            ROOT,
-            "num-partitions=2 num-server-rounds=1 unlearn-at-round=0 local-epochs=1 "
-            f"out-dir='{out}'",
-            timeout=600,
-        )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    history = json.loads((out / "history.json").read_text())
-    assert history[-1]["contributors"] == ["0", "1"]
+    assert [(e["server_round"], e["clients"]) for e in events] == [(unlearn_round, ["1"])]
 
 
 def test_down_without_up_says_what_to_do(tmp_path):

@@ -130,7 +130,7 @@ def test_the_data_cache_and_the_reference_key_follow_the_plugin_source(plugin):
     assert reference_key(digits.replace(plugins=PLUGIN)) == reference_key(digits)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_a_plugin_dataset_and_model_run_through_compare(tmp_path):
     """``fedforget compare`` with a toy dataset and model from a module outside the package."""
     folder = tmp_path / "plugins"
@@ -148,7 +148,7 @@ def test_a_plugin_dataset_and_model_run_through_compare(tmp_path):
     done = subprocess.run(
         [
             sys.executable, "-m", "fedforget.cli", "compare", "--out", str(tmp_path / "out"),
-            "--num-cpus", "2", "--methods", "puf-special", "--centralised", "ft",
+            "--methods", "puf-special", "--centralised", "ft",
             "--run-config", run_config,
         ],
         capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
