@@ -122,6 +122,13 @@ def changes_any(
     )
 
 
+def same_arrays(a: Mapping[str, NDArray[np.generic]], b: Mapping[str, NDArray[np.generic]]) -> bool:
+    """True if ``a`` and ``b`` hold the same names with the same shapes and values."""
+    return a.keys() == b.keys() and all(
+        a[name].shape == b[name].shape and np.array_equal(a[name], b[name]) for name in a
+    )
+
+
 def all_finite(arrays: Mapping[str, NDArray[np.generic]]) -> bool:
     """True if no float array holds NaN or Inf."""
     return all(np.all(np.isfinite(v)) for v in arrays.values() if is_float_array(v))

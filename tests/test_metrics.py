@@ -43,6 +43,7 @@ from fedforget.metrics import (
     yeom_mia,
 )
 from fedforget.metrics.base import TASKS
+from fedforget.training import eval_batch_size
 
 LN2 = math.log(2)
 
@@ -261,6 +262,29 @@ def test_relearn_time_counts_sgd_steps_until_forget_accuracy_returns():
     assert (result.steps, result.recovered, result.final_score) == (3, True, 1.0)
     assert (capped.steps, capped.recovered, capped.final_score) == (2, False, 0.0)
     assert model.weight[0, 0].item() == -2.5  # the model itself is untouched
+
+
+def test_relearn_time_stops_an_evaluation_once_the_target_is_out_of_reach():
+    """3000 identical forget examples, all wrong, lr 0: after each step but the last the
+    evaluation stops at the first batch after which even a perfect rest misses the target."""
+    # Prepare
+    x, y = torch.ones(3000, 1), torch.zeros(3000, dtype=torch.long)
+    model = _one_weight_model(-5.0)
+    images: list[int] = []
+    model.register_forward_pre_hook(lambda _, args: images.append(len(args[0])))
+    size = eval_batch_size("classification", torch.device("cpu"))
+    assert size == 1024  # the counts below are in batches of 1024: 3000 = 1024 + 1024 + 952
+    # Execute
+    half = relearn_time(model, x, y, 0.5, lr=0.0, batch_size=4, max_steps=2)
+    half_images = list(images)
+    images.clear()
+    whole = relearn_time(model, x, y, 1.0, lr=0.0, batch_size=4, max_steps=3)
+    # Assert
+    assert (half.steps, half.recovered, half.final_score) == (2, False, 0.0)
+    # first score; step 1 (train 4, then 2 batches: 952 left < 1500); step 2, the last: whole
+    assert half_images == [1024, 1024, 952, 4, 1024, 1024, 4, 1024, 1024, 952]
+    assert (whole.steps, whole.recovered, whole.final_score) == (3, False, 0.0)
+    assert sum(images) == 3000 + 3 * 4 + 2 * 1024 + 3000  # 1976 left < 3000 after a batch
 
 
 def test_relearn_steps_through_the_registry_uses_the_original_forget_accuracy():

@@ -3,7 +3,13 @@
 An :class:`Evaluator` serves one (target set, seed): it loads the data and the
 forget set once, builds the retrained references and the original model once,
 and gives each model one :class:`~fedforget.metrics.MetricContext`, so the
-metrics share its outputs and each model runs once per split. A row carries
+metrics share its outputs and each model runs once per split. The contexts
+share one output cache in which the references' and the original's outputs
+(and numbers derived from them, such as a reference's SVC-MIA) stay for every
+row, so they too run once per split per Evaluator, not once per row; a
+reference's or the original's own row reuses them (its arrays are recognised
+by value). The same models on the same inputs give the same numbers, so the
+values are those of a fresh context per row. A row carries
 what the registry computed: the experiment's ``metrics`` (default: every
 registered metric that applies to the task, the scenario and the models at
 hand) and always the headline ones, which the tables and the recovery rule
@@ -24,11 +30,12 @@ from typing import Any
 
 from torch import nn
 
-from fedforget.arrays import Arrays
+from fedforget.arrays import Arrays, same_arrays
 from fedforget.config import ConfigError, FederationConfig
 from fedforget.experiment.records import Cell, PhaseRecord
 from fedforget.federated.federation import RunRecord
 from fedforget.metrics import MetricContext, MetricOptions, Splits, evaluate_metrics
+from fedforget.metrics.outputs import OutputCache
 from fedforget.metrics.registry import METRICS, applicable_metrics
 from fedforget.scenarios import ForgetSet, forget_set
 from fedforget.task import model_with
@@ -87,30 +94,55 @@ class Evaluator:
         self.metrics = None if metrics is None else tuple(metrics)
         self.references = [model_with(config, r) for r in references]
         self.original = None if original is None else model_with(config, original)
+        self._known = [*zip(references, self.references, strict=True)]
+        if original is not None and self.original is not None:
+            self._known.append((original, self.original))
+        self.cache = OutputCache()
+        """Outputs of the references and the original, kept for every row."""
 
-    def values(self, model: nn.Module | Arrays, leave_out: int | None = None) -> dict[str, float]:
-        """The registry metrics of ``model``, against every reference but ``leave_out``."""
-        unlearned = model if isinstance(model, nn.Module) else model_with(self.config, model)
+    def module(self, model: nn.Module | Arrays) -> nn.Module:
+        """``model`` as a module: a reference's or the original's own when its arrays are theirs."""
+        if isinstance(model, nn.Module):
+            return model
+        for arrays, module in self._known:
+            if arrays is model or same_arrays(arrays, model):
+                return module
+        return model_with(self.config, model)
+
+    def context(self, model: nn.Module | Arrays, leave_out: int | None = None) -> MetricContext:
+        """``model``'s context: every reference but ``leave_out``, the Evaluator's cache."""
         references = [r for i, r in enumerate(self.references) if i != leave_out]
-        context = MetricContext(
-            unlearned=unlearned,
+        return MetricContext(
+            unlearned=self.module(model),
             retrained=tuple(references or self.references),
             original=self.original,
             options=MetricOptions(seed=self.config.seed),
             device=self.device,
+            cache=self.cache,
         )
+
+    def _evaluate(self, context: MetricContext, names: Sequence[str]) -> dict[str, float]:
+        """``names`` of ``context``; then its unlearned model leaves the cache (unless kept)."""
+        try:
+            return evaluate_metrics(context, self.splits, names)
+        finally:
+            if all(context.unlearned is not module for _, module in self._known):
+                self.cache.release(context.unlearned)
+
+    def values(self, model: nn.Module | Arrays, leave_out: int | None = None) -> dict[str, float]:
+        """The registry metrics of ``model``, against every reference but ``leave_out``."""
+        context = self.context(model, leave_out)
         chosen = [
             name
             for name in applicable_metrics(context, self.splits)
             if self.metrics is None or name in self.metrics or METRICS[name].info.headline
         ]
-        return evaluate_metrics(context, self.splits, chosen)
+        return self._evaluate(context, chosen)
 
     def test_score(self, model: Arrays) -> float:
         """``model``'s test score alone (the recovery target when its row is not computed)."""
         name = "test_dice" if self.splits.task == "segmentation" else "test_acc"
-        context = MetricContext(unlearned=model_with(self.config, model), device=self.device)
-        return evaluate_metrics(context, self.splits, [name])[name]
+        return self._evaluate(self.context(model), [name])[name]
 
     def _head(self, name: str, kind: str, status: str) -> dict[str, Any]:
         return {

@@ -224,6 +224,10 @@ class MetricContext:
         The unlearned run's test scores by round.
     options : MetricOptions (default: MetricOptions())
     device : str (default: ``"cpu"``)
+    cache : OutputCache (default: a new one)
+        The models' outputs (and derived numbers such as SVC-MIA scores); pass
+        one cache to several contexts that share models, on the same splits
+        and with the same options, to compute those models' outputs once.
 
     """
 
@@ -234,7 +238,7 @@ class MetricContext:
     history: RecoveryHistory | None = None
     options: MetricOptions = field(default_factory=MetricOptions)
     device: str = "cpu"
-    cache: OutputCache = field(default_factory=OutputCache, init=False, repr=False, compare=False)
+    cache: OutputCache = field(default_factory=OutputCache, repr=False, compare=False)
 
     def has(self, requirement: Requirement) -> bool:
         """Whether this context holds what ``requirement`` names."""

@@ -155,7 +155,9 @@ def model_svc_mia(
             max_per_class=context.options.svc_max_per_class,
         )
 
-    return context.cache.value(f"svc_mia_{feature}", chosen, splits, compute)
+    options = context.options  # in the key: a cache shared by contexts keeps them apart
+    name = f"svc_mia_{feature}@seed={options.seed},cap={options.svc_max_per_class}"
+    return context.cache.value(name, chosen, splits, compute)
 
 
 def _svc_info(feature: SvcFeature, what: str) -> MetricInfo:

@@ -76,7 +76,11 @@ class OutputCache:
 
     Each entry keeps its model and tensor alive, so an identity cannot be
     reused by another object while the cache lives. A model changed in place
-    after it was evaluated needs a new cache (a new ``MetricContext``).
+    after it was evaluated needs a new cache (a new ``MetricContext``). One
+    cache may serve several contexts that share models (the
+    :class:`~fedforget.experiment.evaluation.Evaluator`'s references, whose
+    outputs are then computed once for all its rows); :meth:`release` drops a
+    model that is done with.
     """
 
     _classification: dict[tuple[int, int], tuple[object, object, ClassOutputs]] = field(
@@ -120,3 +124,20 @@ class OutputCache:
             values = per_example_metrics(model, x, y, "segmentation", device)
             self._segmentation[key] = (model, x, values)
         return self._segmentation[key][2]
+
+    def models(self) -> list[nn.Module]:
+        """The models whose outputs or derived numbers it holds (each once)."""
+        held = [
+            entry[0]
+            for entries in (self._classification, self._segmentation, self._values)
+            for entry in entries.values()
+        ]
+        return list({id(m): m for m in held if isinstance(m, nn.Module)}.values())
+
+    def release(self, model: nn.Module) -> None:
+        """Drop every entry of ``model`` (its outputs and derived numbers)."""
+        for entries in (self._classification, self._segmentation):
+            for key in [k for k in entries if k[0] == id(model)]:
+                del entries[key]
+        for value_key in [k for k in self._values if k[1] == id(model)]:
+            del self._values[value_key]

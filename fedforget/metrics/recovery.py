@@ -26,7 +26,10 @@ from torch import nn
 
 from fedforget.metrics.accuracy import model_score
 from fedforget.metrics.base import MetricContext, MetricInfo, Splits
-from fedforget.training import loss_function, per_example_metrics
+from fedforget.training import eval_batch_size, loss_function, per_example_metrics
+
+_UNREACHABLE_MARGIN = 1e-9
+"""How far below the target a forget score's upper bound must be to stop evaluating it."""
 
 
 # ------------------------------------------------------------------ recovery
@@ -113,10 +116,36 @@ class RelearnTime:
 
 
 def _forget_score(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, device: torch.device | str
-) -> float:
-    values = per_example_metrics(model, x, y, task, device)
-    return float(np.mean(values["dice" if task == "segmentation" else "correct"]))
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    task: str,
+    device: torch.device | str,
+    target: float | None = None,
+) -> float | None:
+    """``model``'s mean score on ``(x, y)``, or None as soon as it cannot reach ``target``.
+
+    The examples run one evaluation batch (:func:`~fedforget.training.eval_batch_size`)
+    at a time, the batches :func:`~fedforget.training.per_example_metrics` runs
+    over the whole set, so a score computed to the end is the same number. After
+    each batch, when even a perfect score (1) on every example left could not lift
+    the mean to ``target`` (with a margin far above rounding), the rest is skipped:
+    the outcome, below ``target``, is known. Most relearning steps of a model that
+    does not recover stop after a batch or two.
+    """
+    key = "dice" if task == "segmentation" else "correct"
+    size = eval_batch_size(task, torch.device(device))
+    parts, total = [], 0.0
+    for start in range(0, len(x), size):
+        values = per_example_metrics(
+            model, x[start : start + size], y[start : start + size], task, device
+        )[key]
+        parts.append(values)
+        total += float(values.sum())
+        left = len(x) - start - len(values)
+        if target is not None and (total + left) / len(x) < target - _UNREACHABLE_MARGIN:
+            return None
+    return float(np.mean(np.concatenate(parts)))
 
 
 def relearn_time(
@@ -137,12 +166,14 @@ def relearn_time(
     One step = one plain-SGD mini-batch update (training loss of the task);
     mini-batches run through reshuffles of the data drawn under ``seed``. The
     score (accuracy or Dice with background, test-time inputs) is checked
-    before the first step and after every step; ``model`` is not changed.
+    before the first step and after every step (an evaluation stops early once
+    the target is out of reach: see :func:`_forget_score`); ``model`` is not changed.
     """
     if len(x) == 0:
         raise ValueError("relearn time needs a non-empty forget set")
     learner = copy.deepcopy(model)
     score = _forget_score(learner, x, y, task, device)
+    assert score is not None  # no target: evaluated to the end
     if score >= target_score:
         return RelearnTime(0, True, score)
     criterion = loss_function(task)
@@ -160,10 +191,13 @@ def relearn_time(
             loss.backward()
             optimiser.step()
             steps += 1
-            score = _forget_score(learner, x, y, task, device)
-            if score >= target_score:
-                return RelearnTime(steps, True, score)
-            if steps >= max_steps:
+            last = steps >= max_steps  # the final score is reported: evaluated to the end
+            reached = _forget_score(learner, x, y, task, device, None if last else target_score)
+            if reached is not None:
+                score = reached
+                if score >= target_score:
+                    return RelearnTime(steps, True, score)
+            if last:
                 break
     return RelearnTime(max_steps, False, score)
 
