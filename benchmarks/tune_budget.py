@@ -16,7 +16,10 @@ written into the record: ``--set KEY=VALUE`` replaces a line of the file, as
 in ``experiment_cells.py`` (``--set local-epochs=1 --set trials=3 --set
 'methods=["puf-special"]' --set 'validation-targets=[["0"]]'``). The record's
 estimate is then of the reduced file's trials at the full ``trials`` of the
-original file; the full size's time is an estimate, not a measurement.
+original file; the full size's time is an estimate, not a measurement. The
+estimate adds the trials as if they ran one after another; the centralised
+studies run in parallel (``centralised_workers`` of the record), so
+``total_s`` is the measured time of the reduced run with that parallelism.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ def main() -> None:
         f"{len(entries)} method(s)",
         "provenance": provenance(),
         "load_average_at_start": load_at_start,
+        "centralised_workers": tuner.workers(sum(1 for e in entries if e["kind"] == "centralised")),
         "total_s": round(total_s, 1),
         "outside_trials_s": round(outside_s, 1),
         "full_trials": full_trials,

@@ -492,17 +492,20 @@ def tune_budget() -> str:
         for name, m in data["methods"].items()
     ]
     reduced = " ".join(f"`{item}`" for item in data["reduced"]) or "none"
+    count = data.get("centralised_workers", 1)
+    workers = f" (the centralised studies in {count} worker processes)" if count > 1 else ""
     return (
         markdown_table(
             ("method", "trials run", "median trial", f"estimate at {data['full_trials']} trials"),
             rows,
         )
         + f"\n\n`{data['command']}` ({data['experiment']}; reductions: {reduced}): "
-        f"{data['total_s']:.0f} s in all, of which {data['outside_trials_s']:.0f} s outside the "
-        f"trials (the validation cells' references and originals, the simulation's start). "
-        f"Estimate of these methods' budget at {data['full_trials']} trials: "
-        f"{data['estimated_full_budget_s'] / 60:.0f} min (an estimate from the median trials, "
-        f"not a measurement). Load average at the start: {data['load_average_at_start']:.1f}. "
+        f"{data['total_s']:.0f} s in all{workers}, of which {data['outside_trials_s']:.0f} s "
+        f"outside the trials (the validation cells' references and originals, the "
+        f"simulation's start). Estimate of these methods' budget at {data['full_trials']} "
+        f"trials: {data['estimated_full_budget_s'] / 60:.0f} min (an estimate from the median "
+        f"trials, added as if one after another, not a measurement). Load average at the "
+        f"start: {data['load_average_at_start']:.1f}. "
         f"On {machine(data)}."
     )
 

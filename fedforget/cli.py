@@ -102,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--out", type=Path, required=True, help="tuning folder (optuna.db, cells, tuned.toml)"
     )
-    tune.add_argument("--num-cpus", type=int, help="CPUs for Ray (default: all)")
+    tune.add_argument(
+        "--num-cpus",
+        type=int,
+        help="CPUs for Ray, and worker processes for the centralised studies (default: all)",
+    )
     report = commands.add_parser(
         "report", help="write DIR/report.md, report.html and figures from an experiment's results"
     )

@@ -449,3 +449,31 @@ def test_a_diverging_method_is_a_refused_row_and_the_others_go_on():
     # the next cell of the same experiment still runs
     row, model = centralised_cell(config, original, "iu", data)
     assert row["status"] == "ok" and model is not None
+
+
+def test_an_ascent_whose_outputs_are_not_finite_is_a_diverged_refusal():
+    """GA's steps keep a finite loss while the weights grow until the outputs are inf / NaN."""
+    from fedforget.comparison import centralised_cell, unlearning_data
+    from fedforget.config import FederationConfig
+    from fedforget.task import new_model
+
+    torch.set_num_threads(1)
+    ascent = {"centralised.ga.stop-forget-acc": 0.0, "centralised.ga.max-epochs": 10.0}
+    config = FederationConfig.from_run_config({"num-partitions": 3, "progress": False, **ascent})
+    data = unlearning_data(config)
+    model = new_model(config)
+    inputs, labels = (
+        torch.cat([data.forget_x, data.retain_x]),
+        torch.cat([data.forget_y, data.retain_y]),
+    )
+    train(model, inputs, labels, epochs=3, batch_size=32, lr=0.05, seed=0)
+    original = {k: v.numpy() for k, v in model.state_dict().items()}
+    steep = FederationConfig.from_run_config({**config.to_run_config(), "centralised.ga.lr": 10.0})
+    row, unlearned = centralised_cell(steep, original, "ga", data)
+    assert unlearned is None and row["status"] == "refused" and row["kind"] == "centralised"
+    assert row["reason"].startswith("diverged: the unlearned model's outputs are not finite")
+    assert "lower the learning rate" in row["reason"] and "centralised.ga" in row["reason"]
+    # the paper's settings stop at forget accuracy 0.85, from the same original, finite
+    paper = FederationConfig.from_run_config({"num-partitions": 3, "progress": False})
+    row, unlearned = centralised_cell(paper, original, "ga", data)
+    assert row["status"] == "ok" and unlearned is not None

@@ -18,6 +18,7 @@ from fedforget.config import FederationConfig
 from fedforget.data.augment import get_augmentation
 from fedforget.experiment.evaluation import Evaluator
 from fedforget.methods.centralised import UnlearningData, centralised_class
+from fedforget.methods.centralised.common import require_finite_outputs
 from fedforget.scenarios import forget_set
 from fedforget.task import model_with, new_model
 from fedforget.training import resolve_device
@@ -54,8 +55,9 @@ def centralised_cell(
     """One centralised method unlearning ``data``'s forget set from ``original``: row, model.
 
     The model is None when the method refuses the scenario or diverges (a
-    loss that is not finite): the row is ``refused`` with the reason, as a
-    federated step that is not finite is, and the other cells go on.
+    loss, or the unlearned model's outputs on the forget set, not finite):
+    the row is ``refused`` with the reason, as a federated step that is not
+    finite is, and the other cells go on.
     """
     config = evaluator.config
     cls = centralised_class(name)
@@ -66,6 +68,9 @@ def centralised_cell(
     started = time.monotonic()
     try:
         outcome = cls().unlearn(model_with(config, original), data, settings)
+        require_finite_outputs(
+            outcome.model, data.forget_x if len(data.forget_x) else data.retain_x
+        )
     except FloatingPointError as error:
         reason = f"diverged: {error} ({cls.table}.*)"
         return evaluator.refused_row(name, reason, kind="centralised"), None

@@ -32,7 +32,17 @@ original is trained once per call (the federated methods' trials share it in
 one simulation; centralised trials start from the saved original model), and
 a killed tuning started again resumes: finished trials stay, an interrupted
 one runs again with the same settings (its finished cells are reused).
-Trials run one after another.
+
+What runs in parallel: the studies of different centralised methods, each in
+a worker process of its own (as many workers as ``num_cpus``, default the
+machine's cores), each trial at :data:`CENTRALISED_THREADS` torch thread(s)
+whether in a worker or not, since a float reduction's result depends on the
+thread count. The trials of one study run one after another (TPE's proposal
+for trial ``n`` depends on trials ``0 .. n-1``), so the chosen settings and
+every trial's score do not depend on the number of workers. The federated
+methods' studies run one after another in one simulation (its one Grid
+serves one trial at a time); each trial's clients train in parallel on Ray's
+CPUs.
 
 ``DIR/tuned.toml`` records, per method, the chosen settings, the validation
 score, the paper-default score, the budget, the space and each trial's score.
@@ -43,15 +53,20 @@ so one file can declare both the tuning and the tuned run).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing
+import os
 import shutil
 import time
 import tomllib
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +100,10 @@ TUNE_KEYS = (
 DEFAULT_TRIALS = 20
 TUNED_FILE = "tuned.toml"
 STORAGE_FILE = "optuna.db"
+STORAGE_TIMEOUT_S = 60
+"""Seconds a writer waits for SQLite's lock (the centralised workers share ``optuna.db``)."""
+CENTRALISED_THREADS = 1
+"""Torch threads of a centralised trial, in a worker or not (results depend on the count)."""
 
 
 @dataclass(frozen=True)
@@ -312,7 +331,6 @@ class Tuner:
         self.spec, self.tune, self.out_dir = spec, tune, out_dir
         self.num_cpus, self.progress = num_cpus, progress
         self.validation = validation_spec(spec, tune)
-        self.storage = f"sqlite:///{out_dir / STORAGE_FILE}"
         self.cells = [
             (targets, seed)
             for seed in self.validation.seeds
@@ -322,6 +340,16 @@ class Tuner:
         """(kind, method, wall seconds) of each trial this call ran (for the benchmark)."""
 
     # ------------------------------------------------------------- studies
+    @cached_property
+    def storage(self) -> optuna.storages.RDBStorage:
+        """``DIR/optuna.db``, opened once per process (the workers each open their own)."""
+        import optuna
+
+        return optuna.storages.RDBStorage(
+            f"sqlite:///{self.out_dir / STORAGE_FILE}",
+            engine_kwargs={"connect_args": {"timeout": STORAGE_TIMEOUT_S}},
+        )
+
     def study(self, kind: str, name: str, number: int = 0) -> optuna.Study:
         """The method's study, its TPE sampler seeded for trial ``number``."""
         import optuna
@@ -374,7 +402,9 @@ class Tuner:
     # -------------------------------------------------------------- running
     def run(self) -> list[dict[str, Any]]:
         """Run every method's missing trials; write and return the tuned entries."""
-        federated = [n for k, n in self.tune.methods if k == "federated" and self.remaining(k, n)]
+        # every study exists (its defaults queued, an interrupted trial re-queued) before any runs
+        left = [(k, n) for k, n in self.tune.methods if self.remaining(k, n)]
+        federated = [n for k, n in left if k == "federated"]
         if not federated:  # the validation cells' references and originals, if missing
             Runner(self.validation, self.out_dir, self.num_cpus, self.progress).run()
         else:  # the same, in the simulation of the federated trials
@@ -386,9 +416,7 @@ class Tuner:
                 num_cpus=self.num_cpus,
                 workload=self.spec.config,
             )
-        for kind, name in self.tune.methods:
-            if kind == "centralised":
-                self._trials(kind, name, self._centralised_cells(name))
+        self._centralised_studies([n for k, n in left if k == "centralised"])
         entries = [self.entry(kind, name) for kind, name in self.tune.methods]
         header = {
             "experiment": self.spec.name,
@@ -445,6 +473,35 @@ class Tuner:
 
         for name in names:
             self._trials("federated", name, lambda spec, name=name: cells(name, spec))
+
+    def workers(self, studies: int) -> int:
+        """Worker processes for ``studies`` centralised studies: one each, up to the CPUs."""
+        return max(1, min(studies, self.num_cpus or os.cpu_count() or 1))
+
+    def _centralised_studies(self, names: Sequence[str]) -> None:
+        """Run the centralised methods' trials: one study per worker process, or here.
+
+        A study's trials run one after another in one process; different
+        studies run at once when there are CPUs for them. Either way a trial
+        runs at :data:`CENTRALISED_THREADS` torch thread(s), so its result is
+        the same.
+        """
+        workers = self.workers(len(names))
+        if workers == 1:
+            with torch_threads(CENTRALISED_THREADS):
+                for name in names:
+                    self._trials("centralised", name, self._centralised_cells(name))
+            return
+        spawn = multiprocessing.get_context("spawn")  # no copy of this process's Ray or threads
+        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+            futures = [
+                pool.submit(
+                    _centralised_study, self.spec, self.tune, self.out_dir, name, self.progress
+                )
+                for name in names
+            ]
+            for future in futures:
+                self.trial_seconds += future.result()
 
     def _centralised_cells(
         self, name: str
@@ -629,6 +686,31 @@ def _finite(row: dict[str, Any]) -> dict[str, Any]:
     return {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()
     }
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``count`` inside the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _centralised_study(
+    spec: ExperimentSpec, tune: TuneSpec, out_dir: Path, name: str, progress: bool
+) -> list[tuple[str, str, float]]:
+    """A worker process: the centralised method's remaining trials; their seconds."""
+    import torch
+
+    torch.set_num_threads(CENTRALISED_THREADS)
+    tuner = Tuner(spec, tune, out_dir, progress=progress)
+    tuner._trials("centralised", name, tuner._centralised_cells(name))
+    return tuner.trial_seconds
 
 
 def run_tuning(

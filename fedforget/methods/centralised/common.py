@@ -215,6 +215,30 @@ def mean_loss(
     return total / len(x)
 
 
+@torch.no_grad()
+def require_finite_outputs(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise ``FloatingPointError`` when the model's outputs on ``x`` are not all finite.
+
+    A loss can stay finite on every step while the weights grow until the
+    outputs overflow (an ascent with a large learning rate), so a method's
+    model is checked once it is handed back; eval mode, model left where it is.
+    """
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    bad = 0
+    for start_at in range(0, len(x), EVAL_BATCH_SIZE):
+        outputs = model(x[start_at : start_at + EVAL_BATCH_SIZE].to(device))
+        bad += int((~torch.isfinite(outputs)).flatten(1).any(dim=1).sum())
+    model.train(was_training)
+    if bad:
+        largest = max((float(p.abs().max()) for p in model.parameters() if p.numel()), default=0.0)
+        raise FloatingPointError(
+            f"the unlearned model's outputs are not finite on {bad} of {len(x)} example(s) "
+            f"(its largest weight is {largest:.3g}): lower the learning rate"
+        )
+
+
 def sgd(parameters: Iterable[nn.Parameter], settings: Mapping[str, ConfigValue]) -> torch.optim.SGD:
     """SGD with ``lr`` and, where the method has them, ``momentum`` and ``weight-decay``."""
     return torch.optim.SGD(
