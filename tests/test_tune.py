@@ -192,6 +192,12 @@ def test_tuning_scores_trials_on_the_validation_cells_and_writes_tuned_toml(tune
     out = tuned / "tune"
     document = tomllib.loads((out / "tuned.toml").read_text())
     assert document["tune"]["validation-targets"] == [["1"]]
+    assert document["tune"]["validation-references"] == 1
+    # the tuning's own report, readable before the tuned experiment runs
+    report = (out / "tuning.md").read_text()
+    assert report.startswith("# Tuning: toy\n") and "## How each method was set" in report
+    assert "| puf-special | eta-special:" in report and "| ga (c) | lr:" in report
+    assert (out / "figures" / "tuning.png").read_bytes()[:8] == PNG
     cells = out / "cells" / "seed-0" / "1"
     reference = json.loads((cells / "federated-retrain.json").read_text())
     for kind, name, space in (

@@ -99,6 +99,7 @@ TUNE_KEYS = (
 )
 DEFAULT_TRIALS = 20
 TUNED_FILE = "tuned.toml"
+TUNING_REPORT = "tuning.md"
 STORAGE_FILE = "optuna.db"
 STORAGE_TIMEOUT_S = 60
 """Seconds a writer waits for SQLite's lock (the centralised workers share ``optuna.db``)."""
@@ -716,13 +717,23 @@ def _centralised_study(
 def run_tuning(
     spec_path: Path, out_dir: Path, num_cpus: int | None = None, progress: bool = True
 ) -> list[dict[str, Any]]:
-    """``fedforget tune``: check everything, run the missing trials, write ``tuned.toml``."""
+    """``fedforget tune``: check everything, run the missing trials, write ``tuned.toml``.
+
+    Also writes ``DIR/tuning.md`` (the "How each method was set" table and
+    ``figures/tuning.png``), so the validation results can be read before the
+    tuned experiment runs.
+    """
     from fedforget.experiment.spec import load_experiment
+    from fedforget.experiment.tune_report import tuning_section
 
     spec = load_experiment(spec_path, settings_from=False)  # trial 0: the paper's defaults
     tune = load_tune(spec_path, spec)
     bind(spec_path, out_dir)
-    return Tuner(spec, tune, out_dir, num_cpus, progress).run()
+    entries = Tuner(spec, tune, out_dir, num_cpus, progress).run()
+    markdown, _, _ = tuning_section(out_dir)
+    title = f"# Tuning: {spec.name}"
+    (out_dir / TUNING_REPORT).write_text("\n".join([title, *markdown]) + "\n")
+    return entries
 
 
 def bind(spec_path: Path, out_dir: Path) -> None:
