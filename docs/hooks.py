@@ -493,7 +493,11 @@ def tune_budget() -> str:
     ]
     reduced = " ".join(f"`{item}`" for item in data["reduced"]) or "none"
     count = data.get("centralised_workers", 1)
-    workers = f" (the centralised studies in {count} worker processes)" if count > 1 else ""
+    workers = (
+        f" (the centralised studies {data['centralised_s']:.0f} s, in {count} worker processes)"
+        if count > 1
+        else ""
+    )
     return (
         markdown_table(
             ("method", "trials run", "median trial", f"estimate at {data['full_trials']} trials"),

@@ -339,6 +339,8 @@ class Tuner:
         ]
         self.trial_seconds: list[tuple[str, str, float]] = []
         """(kind, method, wall seconds) of each trial this call ran (for the benchmark)."""
+        self.centralised_s = 0.0
+        """Wall seconds of the centralised studies, in parallel or not (for the benchmark)."""
 
     # ------------------------------------------------------------- studies
     @cached_property
@@ -487,22 +489,24 @@ class Tuner:
         runs at :data:`CENTRALISED_THREADS` torch thread(s), so its result is
         the same.
         """
+        started = time.monotonic()
         workers = self.workers(len(names))
         if workers == 1:
             with torch_threads(CENTRALISED_THREADS):
                 for name in names:
                     self._trials("centralised", name, self._centralised_cells(name))
-            return
-        spawn = multiprocessing.get_context("spawn")  # no copy of this process's Ray or threads
-        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-            futures = [
-                pool.submit(
-                    _centralised_study, self.spec, self.tune, self.out_dir, name, self.progress
-                )
-                for name in names
-            ]
-            for future in futures:
-                self.trial_seconds += future.result()
+        else:
+            spawn = multiprocessing.get_context("spawn")  # no copy of this process's Ray
+            with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+                futures = [
+                    pool.submit(
+                        _centralised_study, self.spec, self.tune, self.out_dir, name, self.progress
+                    )
+                    for name in names
+                ]
+                for future in futures:
+                    self.trial_seconds += future.result()
+        self.centralised_s += time.monotonic() - started
 
     def _centralised_cells(
         self, name: str
