@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,10 @@ def command_tune(args: argparse.Namespace) -> int:
 
     entries = run_tuning(args.file, args.out, args.num_cpus)
     for entry in entries:
+        if math.isnan(entry["score"]):  # no trial finished: the first reason says why
+            reasons = entry.get("failed") or ["no trial ran"]
+            print(f"tune: {entry['kind']} {entry['method']}: no result ({reasons[0]})")
+            continue
         verdict = "" if entry["feasible"] else " (no trial kept test accuracy)"
         print(
             f"tune: {entry['kind']} {entry['method']}: {entry['settings']} scores "
