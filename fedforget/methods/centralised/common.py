@@ -174,7 +174,27 @@ def task_loss(task: str = "classification") -> BatchLoss:
     return batch_loss
 
 
-@torch.no_grad()
+def _batches(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``model``'s outputs on ``x`` (and ``y``'s batch), eval mode, no gradients.
+
+    The model stays on its device and gets its train / eval mode back once the
+    batches are all taken.
+    """
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start_at in range(0, len(x), EVAL_BATCH_SIZE):
+                inputs = x[start_at : start_at + EVAL_BATCH_SIZE].to(device)
+                targets = None if y is None else y[start_at : start_at + EVAL_BATCH_SIZE].to(device)
+                yield model(inputs), targets
+    finally:
+        model.train(was_training)
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Classification accuracy on ``(x, y)``, evaluated in eval mode where the model is.
 
@@ -183,39 +203,25 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """
     if len(x) == 0:
         return float("nan")
-    device = _device_of(model)
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start_at in range(0, len(x), EVAL_BATCH_SIZE):
-        logits = model(x[start_at : start_at + EVAL_BATCH_SIZE].to(device))
-        target = y[start_at : start_at + EVAL_BATCH_SIZE].to(device)
-        correct += int((logits.argmax(dim=1) == target).sum())
-    model.train(was_training)
+    correct = sum(
+        int((logits.argmax(dim=1) == target).sum()) for logits, target in _batches(model, x, y)
+    )
     return correct / len(x)
 
 
-@torch.no_grad()
 def mean_loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "classification"
 ) -> float:
     """The task's mean training loss on ``(x, y)``, eval mode, model left where it is."""
     if len(x) == 0:
         return float("nan")
-    device = _device_of(model)
-    was_training = model.training
-    model.eval()
     criterion = loss_function(task)
     total = 0.0
-    for start_at in range(0, len(x), EVAL_BATCH_SIZE):
-        inputs = x[start_at : start_at + EVAL_BATCH_SIZE].to(device)
-        targets = y[start_at : start_at + EVAL_BATCH_SIZE].to(device)
-        total += float(criterion(model(inputs), targets)) * len(inputs)
-    model.train(was_training)
+    for outputs, targets in _batches(model, x, y):
+        total += float(criterion(outputs, targets)) * len(outputs)
     return total / len(x)
 
 
-@torch.no_grad()
 def require_finite_outputs(model: nn.Module, x: torch.Tensor) -> None:
     """Raise ``FloatingPointError`` when the model's outputs on ``x`` are not all finite.
 
@@ -223,14 +229,10 @@ def require_finite_outputs(model: nn.Module, x: torch.Tensor) -> None:
     outputs overflow (an ascent with a large learning rate), so a method's
     model is checked once it is handed back; eval mode, model left where it is.
     """
-    device = _device_of(model)
-    was_training = model.training
-    model.eval()
-    bad = 0
-    for start_at in range(0, len(x), EVAL_BATCH_SIZE):
-        outputs = model(x[start_at : start_at + EVAL_BATCH_SIZE].to(device))
-        bad += int((~torch.isfinite(outputs)).flatten(1).any(dim=1).sum())
-    model.train(was_training)
+    bad = sum(
+        int((~torch.isfinite(outputs)).flatten(1).any(dim=1).sum())
+        for outputs, _ in _batches(model, x)
+    )
     if bad:
         largest = max((float(p.abs().max()) for p in model.parameters() if p.numel()), default=0.0)
         raise FloatingPointError(
