@@ -68,6 +68,7 @@ def compared(tmp_path_factory):
     unregister(FORGET_CONFIDENCE.name)
 
 
+@pytest.mark.ray
 def test_the_metric_is_in_every_row_and_file(compared):
     out, results = compared
     rows = [r for r in results["rows"] if r["status"] == "ok"]
@@ -95,6 +96,7 @@ def test_the_metric_is_in_every_row_and_file(compared):
     assert natural["delta_mean"] == pytest.approx(values["natural"] - values["retrain"])
 
 
+@pytest.mark.ray
 def test_the_metric_is_in_the_terminal_table_and_the_report(compared):
     out, results = compared
     lines = format_table(results).splitlines()

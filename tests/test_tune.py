@@ -188,6 +188,7 @@ def tuned(tmp_path_factory):
     return folder
 
 
+@pytest.mark.ray
 def test_tuning_scores_trials_on_the_validation_cells_and_writes_tuned_toml(tuned):
     out = tuned / "tune"
     document = tomllib.loads((out / "tuned.toml").read_text())
@@ -229,6 +230,7 @@ def test_tuning_scores_trials_on_the_validation_cells_and_writes_tuned_toml(tune
             assert entry["score"] == pytest.approx(min(feasible))
 
 
+@pytest.mark.ray
 def test_the_experiment_runs_with_the_tuned_settings_and_reports_them(tuned):
     document = tomllib.loads((tuned / "tune" / "tuned.toml").read_text())
     spec = load_experiment(tuned / "toy.toml")
@@ -249,6 +251,7 @@ def test_the_experiment_runs_with_the_tuned_settings_and_reports_them(tuned):
     assert "How each method was set" in (out / "report.html").read_text()
 
 
+@pytest.mark.ray
 def test_a_killed_tuning_resumes_and_a_diverging_trial_fails_without_stopping_it(
     tuned, tmp_path, monkeypatch
 ):
@@ -299,6 +302,7 @@ def test_a_killed_tuning_resumes_and_a_diverging_trial_fails_without_stopping_it
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
 
 
+@pytest.mark.ray
 def test_centralised_studies_in_parallel_choose_and_score_exactly_as_one_after_another(
     tuned, tmp_path
 ):
