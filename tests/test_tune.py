@@ -247,6 +247,8 @@ def test_the_experiment_runs_with_the_tuned_settings_and_reports_them(tuned):
     report = (out / "report.md").read_text()
     assert "## How each method was set" in report
     assert "| ga (c) | lr: log-uniform [0.0001, 0.1]" in report
+    # the test cells are set against the tuning's constraint: a table, or the sentence for none
+    assert "### Test accuracy against the tuning's constraint" in report
     assert (out / "figures" / "tuning.png").read_bytes()[:8] == PNG
     assert "How each method was set" in (out / "report.html").read_text()
 
@@ -378,3 +380,47 @@ def test_the_figure_follows_the_best_feasible_score_and_the_table_says_why_none(
     )
     assert row[0] == "trw (c)" and row[2] == "1 (1 failed)"
     assert row[4] == "no result (trial 0: trw serves the class scenario(s), not client)"
+
+
+def test_the_report_says_why_a_method_breaks_the_test_accuracy_constraint():
+    from fedforget.experiment.tune_report import below_constraint
+
+    def test_acc(kind: str, method: str, delta: float) -> dict:
+        return {
+            "kind": kind,
+            "method": method,
+            "metric": "test_acc",
+            "delta_mean": delta,
+            "delta_ci_low": delta - 0.01,
+            "delta_ci_high": delta + 0.01,
+        }
+
+    summary = [
+        test_acc("federated", "original", -0.5),  # a reference, not a method
+        test_acc("federated", "puf-special", -0.01),  # exactly at the constraint: within
+        test_acc("federated", "mode", -0.02),
+        test_acc("centralised", "neggrad-plus", -0.03),
+        test_acc("centralised", "ga", -0.2),
+        {**test_acc("federated", "pga", -0.05), "delta_ci_low": None, "delta_ci_high": None},
+        {**test_acc("centralised", "ga", -0.9), "metric": "forget_acc"},
+    ]
+    tuned = {
+        "tune": {"max-test-drop": 0.01},
+        "federated": {"puf-special": {"feasible": True}},
+        "centralised": {"neggrad-plus": {"feasible": False}, "ga": {"feasible": True}},
+    }
+    assert below_constraint(summary, tuned) == [
+        ["mode", "-0.020 [-0.030, -0.010]", "not tuned: its paper's settings"],
+        [
+            "neggrad-plus (c)",
+            "-0.030 [-0.040, -0.020]",
+            "no setting in its space kept test accuracy on the validation cells",
+        ],
+        [
+            "ga (c)",
+            "-0.200 [-0.210, -0.190]",
+            "its chosen setting kept test accuracy on the validation cells, "
+            "not on these test cells",
+        ],
+        ["pga", "-0.050 (one cell: no interval)", "not tuned: its paper's settings"],
+    ]

@@ -419,7 +419,7 @@ def write_report(out_dir: Path) -> list[Path]:
         markdown += ["| " + " | ".join(row) + " |" for row in refused]
     from fedforget.experiment.tune_report import tuning_section
 
-    tuning_md, tuning_html, tuning_files = tuning_section(out_dir, FIGURES_DIR)
+    tuning_md, tuning_html, tuning_files = tuning_section(out_dir, FIGURES_DIR, summary)
     markdown += tuning_md
     for title, path in figures:
         markdown += ["", f"## {title}", "", f"![{title}]({path})"]

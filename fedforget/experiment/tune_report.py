@@ -94,10 +94,86 @@ def _figure(out_dir: Path, tuned: dict[str, Any], folder_name: str) -> str:
     return f"{folder_name}/{FIGURE}"
 
 
+CONSTRAINT_HEADER = ["method", "test accuracy Δ to retraining [95 % CI]", "why"]
+REFERENCE_ROWS = {("federated", "retrain"), ("federated", "original")}
+"""Summary rows that are the references the constraint is measured against, not methods."""
+
+
+def below_constraint(summary: list[dict[str, Any]], tuned: dict[str, Any]) -> list[list[str]]:
+    """The methods whose mean test accuracy on the test cells breaks the tuning's constraint.
+
+    One row per method whose mean signed test-accuracy difference to the
+    retrained model (the experiment's ``delta_mean`` of ``test_acc``) falls
+    more than ``max-test-drop`` below it, with the reason read from
+    ``tuned.toml``: no setting in its space kept test accuracy on the
+    validation cells; or its chosen setting kept it there but not on the test
+    cells; or it was not tuned.
+    """
+    drop = tuned["tune"]["max-test-drop"]
+    rows = []
+    for row in summary:
+        key = (row["kind"], row["method"])
+        if row["metric"] != "test_acc" or key in REFERENCE_ROWS or row["delta_mean"] is None:
+            continue
+        if row["delta_mean"] >= -drop:
+            continue
+        entry = tuned.get(row["kind"], {}).get(row["method"])
+        if entry is None:
+            why = "not tuned: its paper's settings"
+        elif not entry["feasible"]:
+            why = "no setting in its space kept test accuracy on the validation cells"
+        else:
+            why = (
+                "its chosen setting kept test accuracy on the validation cells, "
+                "not on these test cells"
+            )
+        label = row["method"] if row["kind"] == "federated" else f"{row['method']} (c)"
+        low, high = row["delta_ci_low"], row["delta_ci_high"]
+        interval = f"{row['delta_mean']:+.3f} " + (
+            "(one cell: no interval)" if low is None else f"[{low:+.3f}, {high:+.3f}]"
+        )
+        rows.append([label, interval, why])
+    return rows
+
+
+def _constraint_part(summary: list[dict[str, Any]], tuned: dict[str, Any]) -> tuple[list[str], str]:
+    """The Markdown lines and HTML of the test cells against the tuning's constraint."""
+    drop = tuned["tune"]["max-test-drop"]
+    rows = below_constraint(summary, tuned)
+    title = "### Test accuracy against the tuning's constraint"
+    if not rows:
+        text = (
+            f"On the test cells, every method's mean test accuracy is within {drop:g} of the "
+            "retrained model's."
+        )
+        return ["", title, "", text], f"<h3>{title[4:]}</h3><p>{html.escape(text)}</p>"
+    text = (
+        f"On the test cells, these methods' mean test accuracy falls more than {drop:g} below "
+        "the retrained model's (Δ: the mean signed difference over target sets and seeds):"
+    )
+    markdown = ["", title, "", text, ""]
+    markdown += ["| " + " | ".join(CONSTRAINT_HEADER) + " |", "|" + "---|" * 3]
+    markdown += ["| " + " | ".join(row) + " |" for row in rows]
+    page = (
+        f"<h3>{title[4:]}</h3><p>{html.escape(text)}</p><table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in CONSTRAINT_HEADER)
+        + "</tr>"
+        + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+        )
+        + "</table>"
+    )
+    return markdown, page
+
+
 def tuning_section(
-    out_dir: Path, figures_dir: str = "figures"
+    out_dir: Path, figures_dir: str = "figures", summary: list[dict[str, Any]] | None = None
 ) -> tuple[list[str], str, list[Path]]:
-    """The section's Markdown lines, its HTML and the files written ('' and [] without tuning)."""
+    """The section's Markdown lines, its HTML and the files written ('' and [] without tuning).
+
+    With the experiment's ``summary`` (its test cells), the section also lists
+    the methods whose test accuracy there breaks the tuning's constraint, and why.
+    """
     path = out_dir / TUNED_FILE
     if not path.is_file():
         return [], "", []
@@ -124,6 +200,8 @@ def tuning_section(
     markdown += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     markdown += ["| " + " | ".join(row) + " |" for row in rows]
     markdown += ["", f"![{title}]({figure})"]
+    constraint_md, constraint_html = _constraint_part(summary, tuned) if summary else ([], "")
+    markdown += constraint_md
     page = (
         f"<h2>How each method was set</h2><p>{html.escape(intro)}</p><table><tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
@@ -132,5 +210,6 @@ def tuning_section(
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
         )
         + f"</table><img src='{html.escape(figure)}' alt='{title}'>"
+        + constraint_html
     )
     return markdown, page, [out_dir / figure]
