@@ -262,21 +262,28 @@ def command_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def tuning_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """One terminal line per tuned method: its choice and scores, or why it has none."""
+    lines = []
+    for entry in entries:
+        if math.isnan(entry["score"]):  # no trial finished: the first reason says why
+            reasons = entry.get("failed") or ["no trial ran"]
+            lines.append(f"tune: {entry['kind']} {entry['method']}: no result ({reasons[0]})")
+            continue
+        verdict = "" if entry["feasible"] else " (no trial kept test accuracy)"
+        lines.append(
+            f"tune: {entry['kind']} {entry['method']}: {entry['settings']} scores "
+            f"{entry['score']:.4f} (paper defaults {entry['default-score']:.4f}){verdict}"
+        )
+    return lines
+
+
 def command_tune(args: argparse.Namespace) -> int:
     """``fedforget tune FILE --out DIR``: every method's trials, then DIR/tuned.toml."""
     from fedforget.experiment.tune import TUNED_FILE, run_tuning
 
-    entries = run_tuning(args.file, args.out, args.num_cpus)
-    for entry in entries:
-        if math.isnan(entry["score"]):  # no trial finished: the first reason says why
-            reasons = entry.get("failed") or ["no trial ran"]
-            print(f"tune: {entry['kind']} {entry['method']}: no result ({reasons[0]})")
-            continue
-        verdict = "" if entry["feasible"] else " (no trial kept test accuracy)"
-        print(
-            f"tune: {entry['kind']} {entry['method']}: {entry['settings']} scores "
-            f"{entry['score']:.4f} (paper defaults {entry['default-score']:.4f}){verdict}"
-        )
+    for line in tuning_lines(run_tuning(args.file, args.out, args.num_cpus)):
+        print(line)
     print(f"tune: chosen settings in {args.out / TUNED_FILE}")
     return 0
 

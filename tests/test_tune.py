@@ -424,3 +424,43 @@ def test_the_report_says_why_a_method_breaks_the_test_accuracy_constraint():
         ],
         ["pga", "-0.050 (one cell: no interval)", "not tuned: its paper's settings"],
     ]
+
+
+def test_the_terminal_names_each_choice_and_why_a_method_has_none():
+    from fedforget.cli import tuning_lines
+
+    entries = [
+        {
+            "kind": "federated",
+            "method": "pga",
+            "settings": {"lr": 0.1},
+            "score": 0.00431,
+            "default-score": 0.00784,
+            "feasible": True,
+        },
+        {
+            "kind": "centralised",
+            "method": "neggrad-plus",
+            "settings": {},
+            "score": 0.019,
+            "default-score": 0.019,
+            "feasible": False,
+        },
+        {
+            "kind": "centralised",
+            "method": "trw",
+            "settings": {},
+            "score": math.nan,
+            "default-score": math.nan,
+            "feasible": False,
+            "failed": ["trial 0: trw serves the class scenario(s), not client", "trial 1: ..."],
+        },
+        {"kind": "federated", "method": "mode", "settings": {}, "score": math.nan},
+    ]
+    assert tuning_lines(entries) == [
+        "tune: federated pga: {'lr': 0.1} scores 0.0043 (paper defaults 0.0078)",
+        "tune: centralised neggrad-plus: {} scores 0.0190 (paper defaults 0.0190)"
+        " (no trial kept test accuracy)",
+        "tune: centralised trw: no result (trial 0: trw serves the class scenario(s), not client)",
+        "tune: federated mode: no result (no trial ran)",
+    ]

@@ -81,6 +81,9 @@ def _figure(out_dir: Path, tuned: dict[str, Any], folder_name: str) -> str:
             curve = best_so_far(entry["trial-scores"], entry["trial-feasible"], minimize)
             label = name if kind == "federated" else f"{name} (c)"
             ax.plot(range(1, len(curve) + 1), curve, marker=".", label=label)
+    values = [v for line in ax.lines for v in line.get_ydata() if not math.isnan(v)]
+    if values and min(values) > 0 and max(values) > 10 * min(values):
+        ax.set_yscale("log")  # scores an order of magnitude apart: each curve stays readable
     ax.set_xlabel("trials")
     ax.set_ylabel(f"best feasible validation {tuned['tune']['objective']}")
     ax.set_title("Best score against the number of trials (flat: the budget sufficed)")
