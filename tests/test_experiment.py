@@ -104,8 +104,31 @@ def test_a_different_file_for_the_same_results_is_refused(first_run, tmp_path):
     _, out, _ = first_run
     other = tmp_path / "other.toml"
     other.write_text(SMALL.replace("seeds = [0]", "seeds = [0, 1]"))
-    with pytest.raises(ConfigError, match="different experiment file"):
+    with pytest.raises(ConfigError, match=r"different experiment file .*experiment\.seeds differ"):
         run_experiment(other, out, progress=False)
+
+
+def test_comments_and_the_tune_table_do_not_make_another_experiment(tmp_path):
+    from fedforget.experiment.runner import SPEC_FILE, prepare
+
+    spec = tmp_path / "small.toml"
+    spec.write_text(SMALL)
+    out = tmp_path / "out"
+    prepare(spec, out)
+    # a comment and a [tune] table: the same cells, resumed; the folder keeps the new text
+    edited = "# tuned later\n" + SMALL + "\n[tune]\nvalidation-seeds = [9]\n"
+    spec.write_text(edited)
+    prepare(spec, out)
+    assert (out / SPEC_FILE).read_text() == edited
+    spec.write_text(
+        edited.replace("seeds = [0]", "seeds = [0, 1]").replace(
+            "local-epochs = 1", "local-epochs = 2"
+        )
+    )
+    with pytest.raises(ConfigError) as refused:
+        prepare(spec, out)
+    assert "config.local-epochs, experiment.seeds differ" in str(refused.value)
+    assert (out / SPEC_FILE).read_text() == edited  # the refused file is not kept
 
 
 def test_experiment_files_are_checked(tmp_path):

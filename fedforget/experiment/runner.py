@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -254,15 +255,40 @@ def prepare(spec_path: Path, out_dir: Path) -> ExperimentSpec:
     check_forget_set(spec.cell_config(spec.target_sets[0], spec.seeds[0]))  # before any training
     kept = out_dir / SPEC_FILE
     if kept.is_file():
-        if kept.read_text() != spec_path.read_text():
+        changed = _changed_keys(kept.read_text(), spec_path.read_text())
+        if changed:
             raise ConfigError(
-                f"{out_dir} holds the results of a different experiment file ({kept}): resume "
-                "with the same file, or choose another --out"
+                f"{out_dir} holds the results of a different experiment file ({kept}: "
+                f"{', '.join(changed)} differ): resume with the same file, or choose another --out"
             )
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(spec_path, kept)
+    shutil.copyfile(spec_path, kept)  # the folder keeps the file as last run
     return spec
+
+
+def _changed_keys(kept: str, new: str) -> list[str]:
+    """The dotted keys in which two experiment files differ in what decides their cells.
+
+    Comments, layout and the ``[tune]`` table are left out: the tuning's protocol
+    reaches the cells only through ``settings-from``'s chosen settings, which
+    are part of each cell's key (:func:`settings_variant`).
+    """
+
+    def flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in table.items():
+            if isinstance(value, dict):
+                out |= flat(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    before, after = (tomllib.loads(text) for text in (kept, new))
+    before.pop("tune", None)
+    after.pop("tune", None)
+    before, after = flat(before), flat(after)
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
 def read_cells(out_dir: Path) -> Iterator[dict[str, Any]]:
