@@ -154,19 +154,28 @@ def _constraint_part(summary: list[dict[str, Any]], tuned: dict[str, Any]) -> tu
         f"On the test cells, these methods' mean test accuracy falls more than {drop:g} below "
         "the retrained model's (Δ: the mean signed difference over target sets and seeds):"
     )
-    markdown = ["", title, "", text, ""]
-    markdown += ["| " + " | ".join(CONSTRAINT_HEADER) + " |", "|" + "---|" * 3]
-    markdown += ["| " + " | ".join(row) + " |" for row in rows]
-    page = (
-        f"<h3>{title[4:]}</h3><p>{html.escape(text)}</p><table><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in CONSTRAINT_HEADER)
-        + "</tr>"
-        + "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-        )
-        + "</table>"
-    )
+    markdown = ["", title, "", text, "", *_markdown_table(CONSTRAINT_HEADER, rows)]
+    page = f"<h3>{title[4:]}</h3><p>{html.escape(text)}</p>" + _html_table(CONSTRAINT_HEADER, rows)
     return markdown, page
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        + f"</tr>{cells}</table>"
+    )
 
 
 def tuning_section(
@@ -199,20 +208,14 @@ def tuning_section(
     rows = tuning_rows(tuned)
     figure = _figure(out_dir, tuned, figures_dir)
     title = "Best score against trials"
-    markdown = ["", "## How each method was set", "", intro, ""]
-    markdown += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    markdown += ["| " + " | ".join(row) + " |" for row in rows]
+    markdown = ["", "## How each method was set", "", intro, "", *_markdown_table(HEADER, rows)]
     markdown += ["", f"![{title}]({figure})"]
     constraint_md, constraint_html = _constraint_part(summary, tuned) if summary else ([], "")
     markdown += constraint_md
     page = (
-        f"<h2>How each method was set</h2><p>{html.escape(intro)}</p><table><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-        + "</tr>"
-        + "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-        )
-        + f"</table><img src='{html.escape(figure)}' alt='{title}'>"
+        f"<h2>How each method was set</h2><p>{html.escape(intro)}</p>"
+        + _html_table(HEADER, rows)
+        + f"<img src='{html.escape(figure)}' alt='{title}'>"
         + constraint_html
     )
     return markdown, page, [out_dir / figure]
