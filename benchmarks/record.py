@@ -18,12 +18,30 @@ def set_lines(text: str, items: list[str], source: Path) -> str:
     """``text`` (an experiment file) with each ``KEY=VALUE`` of ``items`` replacing ``KEY = ...``.
 
     The ``--set`` option of the benchmarks that time a reduced experiment file.
+    A key must name one line of the file; ``TABLE.KEY=VALUE`` names the line of
+    ``[TABLE]`` (``tune.references=1``) when more than one table has the key.
     """
     for item in items:
-        key, _, value = item.partition("=")
-        text, found = re.subn(rf"(?m)^{re.escape(key)} = .*$", f"{key} = {value}", text)
-        if found != 1:
-            raise SystemExit(f"{source} has no line {key} = ...: --set names a key of the file")
+        name, _, value = item.partition("=")
+        sections = re.split(r"(?m)^(?=\[)", text)  # the preamble, then one part per table
+        table, _, key = name.rpartition(".")
+        for wanted, within in ((name, None), (key, table)):
+            line = re.compile(rf"(?m)^{re.escape(wanted)} = .*$")
+            where = [
+                (i, len(line.findall(part)))
+                for i, part in enumerate(sections)
+                if line.search(part) and (within is None or part.startswith(f"[{within}]"))
+            ]
+            if len(where) == 1 and where[0][1] == 1:
+                i = where[0][0]
+                sections[i] = line.sub(f"{wanted} = {value}", sections[i])
+                break
+        else:
+            raise SystemExit(
+                f"{source} has no single line {name} = ...: --set names one key of the file "
+                "(TABLE.KEY for a key that more than one table has)"
+            )
+        text = "".join(sections)
     return text
 
 
