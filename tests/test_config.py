@@ -20,6 +20,28 @@ def test_pyproject_app_config_equals_the_dataclass_defaults():
     assert "federations" not in pyproject["tool"]["flwr"], "keep federations in FLWR_HOME"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pathspec's, inside flwr's build
+def test_the_app_bundle_holds_the_apps_and_their_package_only():
+    """`flwr run .` bundles the project (a FAB, at most 10 MB): not the committed results."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    fab = build_fab_from_disk(ROOT)
+    names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
+    assert {"clients/client_app.py", "server/server_app.py", "fedforget/config.py"} <= set(names)
+    assert any(n.startswith("fedforget/data/splits/") and n.endswith(".json") for n in names)
+    assert {n.split("/")[0] for n in names} == {
+        ".info",
+        "pyproject.toml",
+        "clients",
+        "server",
+        "fedforget",
+    }
+    assert len(fab) < 4 * 1024 * 1024
+
+
 def test_round_trip_and_coercion():
     config = FederationConfig.from_run_config({"unlearn-clients": 3, "alpha": 1, "lr": 0.1})
     assert config.targets == ("3",)
